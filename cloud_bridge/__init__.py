@@ -1,0 +1,1 @@
+"""Wire contract (topics, versioned payloads) shared by gateway and hub, and the gateway uplink."""

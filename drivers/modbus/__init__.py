@@ -1,0 +1,1 @@
+"""Modbus RTU/TCP weight transmitters: register codec, poll planner, bus client."""

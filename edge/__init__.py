@@ -1,0 +1,1 @@
+"""The gateway: config, device coordinators, inventory engine, SQLite store, local API and pages."""

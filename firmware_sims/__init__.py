@@ -1,0 +1,1 @@
+"""Device-side simulators speaking the real wire protocols, reusing drivers/*/protocol.py."""

@@ -1,0 +1,1 @@
+"""The cloud hub: MQTT ingest, idempotent apply, fleet/stock/alert API."""

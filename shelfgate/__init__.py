@@ -1,0 +1,1 @@
+"""Composition root: the `shelfgate` command wires gateway, hub and simulators together."""
