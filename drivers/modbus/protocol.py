@@ -196,7 +196,9 @@ class PollPlan:
         image: dict[int, int] = {}
         for block, words in zip(self.blocks, block_words, strict=True):
             if len(words) != block.count:
-                raise ProtocolError(f"block @{block.start} expected {block.count} registers, got {len(words)}")
+                raise ProtocolError(
+                    f"block @{block.start} expected {block.count} registers, got {len(words)}"
+                )
             image.update(zip(range(block.start, block.end), words, strict=True))
         return [decode_channel(self.register_map, ch, image) for ch in self.channels]
 
@@ -252,16 +254,25 @@ def plan_blocks(
         if cur_start >= 0 and start - cur_end <= max_gap and max(end, cur_end) - cur_start <= max_block:
             cur_end = max(cur_end, end)
             continue
+        new_start = start
         if cur_start >= 0:
             blocks.append(Block(cur_start, cur_end - cur_start))
-        cur_start, cur_end = start, end
+            if end <= cur_end:  # an overlapping span already read in full by the block just closed
+                cur_start = -1
+                continue
+            new_start = max(start, cur_end)  # read only what the closed block did not cover
+        cur_start, cur_end = new_start, end
     if cur_start >= 0:
         blocks.append(Block(cur_start, cur_end - cur_start))
     return tuple(blocks)
 
 
 def plan_poll(
-    register_map: RegisterMap, channels: Iterable[int], *, max_gap: int = 8, max_block: int = MAX_READ_REGISTERS
+    register_map: RegisterMap,
+    channels: Iterable[int],
+    *,
+    max_gap: int = 8,
+    max_block: int = MAX_READ_REGISTERS,
 ) -> PollPlan:
     """Plan the block reads for the channels a device's bins use."""
     chans = tuple(sorted(set(channels)))
@@ -287,7 +298,11 @@ def register_image(register_map: RegisterMap, readings: Iterable[ChannelReading]
         if span is not None and register_map.status is not None:
             sp = register_map.status
             word = 0
-            for bit_no, flag in ((sp.stable_bit, r.stable), (sp.overload_bit, r.overload), (sp.fault_bit, r.fault)):
+            for bit_no, flag in (
+                (sp.stable_bit, r.stable),
+                (sp.overload_bit, r.overload),
+                (sp.fault_bit, r.fault),
+            ):
                 if bit_no is not None and flag:
                     word |= 1 << bit_no
             image[span[0]] = word
@@ -324,7 +339,9 @@ def rtu_check(frame: bytes) -> bytes:
 
 
 def t35_s(baudrate: int, bits_per_char: int = 10) -> float:
-    """Inter-frame silence t3.5 in seconds (Modbus over Serial Line v1.02 §2.5.1.1: fixed 1.75 ms above 19200).
+    """Inter-frame silence t3.5 in seconds (Modbus over Serial Line v1.02 §2.5.1.1).
+
+    Above 19200 baud the spec fixes it at 1.75 ms.
 
     `bits_per_char` is 10 for 8N1 (start + 8 data + stop), 11 with a parity bit or two stop bits.
     """
