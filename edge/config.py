@@ -66,9 +66,9 @@ class Transmitter(_Frozen):
     """A Modbus weight transmitter: one unit id on one bus, read through a register profile."""
 
     id: Identifier
-    bus: Identifier
+    bus: Identifier = Field(description="id of the bus it is wired to")
     unit_id: int = Field(ge=1, le=247, description="Modbus device address (1..247, Serial Line v1.02 §2.2)")
-    profile: str = Field(min_length=1)
+    profile: str = Field(min_length=1, description="register profile name (config/profiles/NAME.yaml)")
     poll_interval_s: float = Field(default=0.2, gt=0, le=60)
 
 
@@ -87,14 +87,16 @@ class Bin(_Frozen):
     sku: str = Field(min_length=1, max_length=32, description="GTIN-14 or store SKU")
     name: LocalizedName
     unit_weight_g: float = Field(gt=0)
-    unit_weight_spread_g: float = Field(default=0.0, ge=0, description="standard deviation of one item's mass")
+    unit_weight_spread_g: float = Field(
+        default=0.0, ge=0, description="standard deviation of one item's mass"
+    )
     tare_g: float = Field(default=0.0, ge=0, description="container/tray mass on the plate, not counted")
     calibration: Calibration = Calibration()
     safety_stock: int = Field(ge=0, description="a count below this raises a `low` alert")
     max_stock: int = Field(gt=0, description="a count above this raises an `over` alert")
-    device: Identifier
-    channel: int = Field(ge=0)
-    location: str = ""
+    device: Identifier = Field(description="id of the transmitter weighing this bin")
+    channel: int = Field(ge=0, description="the transmitter channel (0-based)")
+    location: str = Field(default="", description="where staff find it, e.g. `aisle A, shelf 2`")
 
 
 class Broker(_Frozen):
@@ -121,8 +123,12 @@ class Alerts(_Frozen):
     """Alert rule tuning shared by all bins."""
 
     dwell_s: float = Field(default=2.0, ge=0, description="a condition must hold this long to raise or clear")
-    hysteresis_items: int = Field(default=1, ge=0, description="extra items needed above a threshold to clear")
-    silent_after_s: float = Field(default=10.0, gt=0, description="no reading for this long is a sensor fault")
+    hysteresis_items: int = Field(
+        default=1, ge=0, description="extra items needed above a threshold to clear"
+    )
+    silent_after_s: float = Field(
+        default=10.0, gt=0, description="no reading for this long is a sensor fault"
+    )
 
 
 class Bridge(_Frozen):
@@ -136,12 +142,12 @@ class Bridge(_Frozen):
 class StoreConfig(_Frozen):
     """A whole store: the file `shelfgate run --config FILE` reads."""
 
-    store_id: Identifier
-    gateway_id: Identifier | None = None
-    data_dir: Path = Path("var")
-    buses: list[Bus] = Field(min_length=1)
-    transmitters: list[Transmitter] = Field(min_length=1)
-    bins: list[Bin] = Field(min_length=1)
+    store_id: Identifier = Field(description="the store's id on the wire and at the hub (topic root)")
+    gateway_id: Identifier | None = Field(default=None, description="defaults to `{store_id}-gw`")
+    data_dir: Path = Field(default=Path("var"), description="SQLite database folder (relative to this file)")
+    buses: list[Bus] = Field(min_length=1, description="RS-485 lines and Modbus TCP endpoints")
+    transmitters: list[Transmitter] = Field(min_length=1, description="weight transmitters on the buses")
+    bins: list[Bin] = Field(min_length=1, description="one SKU at one place, on one transmitter channel")
     broker: Broker = Broker()
     api: Api = Api()
     alerts: Alerts = Alerts()
@@ -230,7 +236,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -335,9 +341,9 @@ def _issues(exc: ValidationError, lines: Mapping[Loc, int]) -> list[ConfigIssue]
     return out
 
 
-def _cross_checks(store: StoreConfig, config_dir: Path, lines: Mapping[Loc, int]) -> tuple[
-    list[ConfigIssue], dict[str, RegisterMap]
-]:
+def _cross_checks(
+    store: StoreConfig, config_dir: Path, lines: Mapping[Loc, int]
+) -> tuple[list[ConfigIssue], dict[str, RegisterMap]]:
     issues: list[ConfigIssue] = []
 
     def issue(loc: Loc, msg: str) -> None:
@@ -385,7 +391,10 @@ def _cross_checks(store: StoreConfig, config_dir: Path, lines: Mapping[Loc, int]
     channels: dict[tuple[str, int], int] = {}
     for i, b in enumerate(store.bins):
         if b.safety_stock >= b.max_stock:
-            issue(("bins", i, "safety_stock"), f"safety_stock ({b.safety_stock}) must be below max_stock ({b.max_stock})")
+            issue(
+                ("bins", i, "safety_stock"),
+                f"safety_stock ({b.safety_stock}) must be below max_stock ({b.max_stock})",
+            )
         tx_or_none = devices.get(b.device)
         if tx_or_none is None:
             issue(("bins", i, "device"), f"unknown device {b.device!r}")
@@ -398,7 +407,10 @@ def _cross_checks(store: StoreConfig, config_dir: Path, lines: Mapping[Loc, int]
             )
         key = (b.device, b.channel)
         if key in channels:
-            issue(("bins", i, "channel"), f"channel {b.channel} of {b.device!r} already used by bins[{channels[key]}]")
+            issue(
+                ("bins", i, "channel"),
+                f"channel {b.channel} of {b.device!r} already used by bins[{channels[key]}]",
+            )
         else:
             channels[key] = i
     return issues, profiles
@@ -409,7 +421,9 @@ def load_config(path: str | Path) -> LoadedConfig:
     file = Path(path)
     data, lines = _read_yaml(file)
     if not isinstance(data, dict):
-        raise ConfigError(file, [ConfigIssue("", 1, "the file must be a mapping of keys (store_id, buses, …)")])
+        raise ConfigError(
+            file, [ConfigIssue("", 1, "the file must be a mapping of keys (store_id, buses, …)")]
+        )
     try:
         store = StoreConfig.model_validate(data)
     except ValidationError as exc:

@@ -91,7 +91,9 @@ class Mosquitto:
             if self._proc.poll() is not None and self._proc.stderr is not None:
                 err = self._proc.stderr.read()
             self.stop()
-            raise BrokerError(f"mosquitto did not listen on {self.host}:{self.port}: {err.decode(errors='replace')}")
+            raise BrokerError(
+                f"mosquitto did not listen on {self.host}:{self.port}: {err.decode(errors='replace')}"
+            )
 
     def stop(self) -> None:
         """Stop the broker (SIGTERM, then SIGKILL) and wait for it."""
@@ -140,3 +142,36 @@ class Mosquitto:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class EmbeddedBroker:
+    """amqtt in this process, for a machine without Mosquitto (the demo's fallback; tests use Mosquitto)."""
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self._broker: object | None = None
+
+    @property
+    def url(self) -> str:
+        """`mqtt://host:port` as the demo prints it."""
+        return f"mqtt://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Start listening on host:port (anonymous, loopback only)."""
+        from amqtt.broker import Broker
+
+        broker = Broker(
+            {
+                "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+                "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            }
+        )
+        await broker.start()
+        self._broker = broker
+
+    async def stop(self) -> None:
+        """Shut the broker down."""
+        broker, self._broker = self._broker, None
+        if broker is not None:
+            await broker.shutdown()  # type: ignore[attr-defined]

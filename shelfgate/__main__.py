@@ -1,0 +1,5 @@
+"""`python -m shelfgate`."""
+
+from shelfgate.cli import main
+
+raise SystemExit(main())
