@@ -293,7 +293,7 @@ class _StatusPointModel(_Frozen):
 class _ProfileModel(_Frozen):
     name: str
     description: str = ""
-    channels: int = Field(ge=1, le=64)
+    channels: int = Field(ge=1, le=128)
     weight: _WeightPointModel
     status: _StatusPointModel | None = None
 

@@ -58,8 +58,11 @@ class Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
+        # Mosquitto started as root drops to the `mosquitto` user, which cannot write a 0700 work dir (pytest's
+        # tmp_path): persistence and the log would then be silently off and a restart would lose sessions.
+        run_as = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(
-            f"listener {self.port} {host}\n"
+            run_as + f"listener {self.port} {host}\n"
             "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {workdir}/\n"

@@ -20,7 +20,7 @@ A Modbus FC03 read returns at most 125 registers (spec §6.3), so blocks are cap
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
@@ -175,6 +175,56 @@ class Block:
         return self.start + self.count
 
 
+_F32: Final = struct.Struct(">f")
+_U32: Final = struct.Struct(">I")
+
+
+def _bswap16(w: int) -> int:
+    return ((w & 0xFF) << 8) | (w >> 8)
+
+
+def _word_decoder(value_type: ValueType, order: WordOrder) -> Callable[[Sequence[int], int], float]:
+    """A decoder of one value at index i of a block's words, with the word order resolved once.
+
+    Same results as `decode_value` (a property test holds them equal) at a fraction of the cost: the poll
+    path decodes every channel of every transmitter 10 times a second.
+    """
+    if value_type is ValueType.UINT16:
+        return lambda w, i: float(w[i])
+    if value_type is ValueType.INT16:
+        return lambda w, i: float(w[i] - 0x10000 if w[i] & 0x8000 else w[i])
+
+    u32: Callable[[Sequence[int], int], int]
+    if order is WordOrder.ABCD:
+        u32 = lambda w, i: (w[i] << 16) | w[i + 1]  # noqa: E731 - one tiny decoder per word order
+    elif order is WordOrder.CDAB:
+        u32 = lambda w, i: (w[i + 1] << 16) | w[i]  # noqa: E731
+    elif order is WordOrder.BADC:
+        u32 = lambda w, i: (_bswap16(w[i]) << 16) | _bswap16(w[i + 1])  # noqa: E731
+    else:
+        u32 = lambda w, i: (_bswap16(w[i + 1]) << 16) | _bswap16(w[i])  # noqa: E731
+
+    if value_type is ValueType.UINT32:
+        return lambda w, i: float(u32(w, i))
+    if value_type is ValueType.INT32:
+
+        def i32(w: Sequence[int], i: int) -> float:
+            u = u32(w, i)
+            return float(u - 0x100000000 if u & 0x80000000 else u)
+
+        return i32
+    return lambda w, i: float(_F32.unpack(_U32.pack(u32(w, i)))[0])
+
+
+@dataclass(frozen=True, slots=True)
+class _ChannelSlot:
+    channel: int
+    block: int
+    offset: int
+    status_block: int
+    status_offset: int
+
+
 @dataclass(frozen=True, slots=True)
 class PollPlan:
     """The block reads that cover a set of channels, and how to cut readings back out of them."""
@@ -182,7 +232,26 @@ class PollPlan:
     register_map: RegisterMap
     channels: tuple[int, ...]
     blocks: tuple[Block, ...]
-    _spans: Mapping[int, tuple[int, int]] = field(default_factory=dict, repr=False)
+    _slots: tuple[_ChannelSlot, ...] = field(default=(), repr=False)
+    _decode_word: Callable[[Sequence[int], int], float] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        # Where each channel's weight and status words sit inside the blocks, computed once per plan.
+        def locate(address: int, width: int) -> tuple[int, int]:
+            for n, b in enumerate(self.blocks):
+                if b.start <= address and address + width <= b.end:
+                    return n, address - b.start
+            raise ProtocolError(f"registers {address}..{address + width - 1} are in no block of the plan")
+
+        slots = []
+        for ch in self.channels:
+            blk, off = locate(*self.register_map.weight_span(ch))
+            st = self.register_map.status_span(ch)
+            sblk, soff = locate(*st) if st is not None else (-1, -1)
+            slots.append(_ChannelSlot(ch, blk, off, sblk, soff))
+        wp = self.register_map.weight
+        object.__setattr__(self, "_slots", tuple(slots))
+        object.__setattr__(self, "_decode_word", _word_decoder(wp.value_type, wp.word_order))
 
     @property
     def registers_read(self) -> int:
@@ -193,14 +262,32 @@ class PollPlan:
         """Turn the words returned for each block (same order as `blocks`) into channel readings."""
         if len(block_words) != len(self.blocks):
             raise ProtocolError(f"expected {len(self.blocks)} blocks, got {len(block_words)}")
-        image: dict[int, int] = {}
         for block, words in zip(self.blocks, block_words, strict=True):
             if len(words) != block.count:
                 raise ProtocolError(
                     f"block @{block.start} expected {block.count} registers, got {len(words)}"
                 )
-            image.update(zip(range(block.start, block.end), words, strict=True))
-        return [decode_channel(self.register_map, ch, image) for ch in self.channels]
+        decode_word = self._decode_word
+        assert decode_word is not None  # noqa: S101 - set in __post_init__
+        scale = self.register_map.weight.scale
+        sp = self.register_map.status
+        out = []
+        for s in self._slots:
+            value = decode_word(block_words[s.block], s.offset) * scale
+            if sp is None or s.status_block < 0:
+                out.append(ChannelReading(s.channel, value))
+                continue
+            word = block_words[s.status_block][s.status_offset]
+            out.append(
+                ChannelReading(
+                    s.channel,
+                    value,
+                    None if sp.stable_bit is None else bool(word >> sp.stable_bit & 1),
+                    sp.overload_bit is not None and bool(word >> sp.overload_bit & 1),
+                    sp.fault_bit is not None and bool(word >> sp.fault_bit & 1),
+                )
+            )
+        return out
 
 
 def decode_channel(register_map: RegisterMap, channel: int, image: Mapping[int, int]) -> ChannelReading:

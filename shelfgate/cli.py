@@ -1,0 +1,132 @@
+"""`shelfgate` — the one command: run a gateway, a hub, simulators, the demo; check and decode things.
+
+This module is the composition root: it may import every package, and it is the only production module that
+wires simulators in (for `sim` and `demo`), lazily, so `shelfgate run` never loads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from edge import __version__
+from edge.logs import setup_logging
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+
+_log = logging.getLogger("shelfgate")
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from edge.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            where = f"{exc.file}:{issue.line}" if issue.line else str(exc.file)
+            print(f"{where}: {issue.path or '<file>'}: {issue.message}", file=sys.stderr)
+        print(f"{len(exc.issues)} error(s)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    s = cfg.store
+    print(
+        f"OK {args.file}: store {s.store_id}, {len(s.buses)} buses, {len(s.transmitters)} transmitters,"
+        f" {len(s.bins)} bins, config version {cfg.version}"
+    )
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge.config import ConfigError, load_config
+    from edge.gateway import Gateway
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(Gateway(cfg).run())
+    return EXIT_OK
+
+
+def _hub(args: argparse.Namespace) -> int:
+    from hub.service import main as hub_main
+
+    return hub_main(["--config", str(args.config)])
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from shelfgate.demo import run_sim
+
+    return run_sim(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from shelfgate.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for docs and tests)."""
+    p = argparse.ArgumentParser(
+        prog="shelfgate", description="Edge gateway for smart shelves and store devices."
+    )
+    p.add_argument("--version", action="version", version=f"shelfgate {__version__}")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text", help="text or JSON lines")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("check-config", help="validate a store config; prints OK or every error with its line")
+    c.add_argument("file", type=Path)
+    c.set_defaults(func=_check_config)
+
+    r = sub.add_parser("run", help="run a store gateway")
+    r.add_argument("--config", type=Path, required=True)
+    r.set_defaults(func=_run)
+
+    h = sub.add_parser("hub", help="run a hub worker")
+    h.add_argument("--config", type=Path, required=True)
+    h.set_defaults(func=_hub)
+
+    s = sub.add_parser("sim", help="simulate a store's Modbus transmitters (TCP and RTU over a pty)")
+    s.add_argument(
+        "--config", type=Path, default=Path("config/demo-store.yaml"), help="store config to mirror"
+    )
+    s.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
+    s.add_argument("--tcp-port", type=int, default=None, help="port for TCP buses (default: from config)")
+    s.add_argument("--seed", type=int, default=1)
+    s.set_defaults(func=_sim)
+
+    d = sub.add_parser("demo", help="broker + simulated store + gateway + hub, all on this machine")
+    d.add_argument("--config", type=Path, default=None, help="store config (default: config/demo-store.yaml)")
+    d.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
+    d.add_argument(
+        "--data-dir", type=Path, default=Path("var/demo"), help="where the demo keeps its databases"
+    )
+    d.add_argument("--gateway-port", type=int, default=8080, help="staff board/API port (0 = any free port)")
+    d.add_argument("--hub-port", type=int, default=8090, help="hub API port (0 = any free port)")
+    d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--shopper-rate", type=float, default=None, help="picks per minute across the store")
+    d.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
