@@ -23,7 +23,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final
+from typing import Final, NamedTuple
 
 MAX_READ_REGISTERS: Final = 125
 """FC03 quantity limit, Modbus Application Protocol v1.1b3 §6.3."""
@@ -150,9 +150,12 @@ class RegisterMap:
             raise ProtocolError(f"channel {channel} outside 0..{self.channels - 1} of profile {self.name}")
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelReading:
-    """One channel's decoded sample. `value` is in profile units (raw counts × scale)."""
+class ChannelReading(NamedTuple):
+    """One channel's decoded sample. `value` is in profile units (raw counts × scale).
+
+    A NamedTuple rather than a frozen dataclass: every channel of every transmitter makes one ten times a
+    second, and a frozen dataclass costs ~2.5 µs to build here against ~1 µs (bench/bench_pipeline.py).
+    """
 
     channel: int
     value: float
