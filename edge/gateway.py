@@ -129,7 +129,8 @@ class Gateway:
         self.started_mono = time.monotonic()
         self.store = GatewayStore(Path(config.store.data_dir) / "gateway.db")
         self.bins: dict[str, Bin] = {b.id: b for b in config.store.bins}
-        self.by_channel: dict[tuple[str, int], str] = {(b.device, b.channel): b.id for b in config.store.bins}
+        self._by_device: dict[str, dict[int, tuple[str, BinEstimator]]] = {}
+        """device → channel → (bin id, estimator); filled by _restore, read once per channel on the hot path."""
         self.estimators: dict[str, BinEstimator] = {}
         self.rules = AlertRules(config.store.bins, config.store.alerts)
         self.devices: dict[str, DeviceState] = {
@@ -157,6 +158,9 @@ class Gateway:
                 initial_count=row.count if row and not row.uncertain else None,
                 initial_baseline_g=row.baseline_g if row else None,
             )
+        self._by_device = {d: {} for d in self.devices}
+        for bin_id, b in self.bins.items():
+            self._by_device[b.device][b.channel] = (bin_id, self.estimators[bin_id])
         active = await self.store.alerts(active_only=True, limit=100_000)
         self.rules.restore([_transition_from_row(a) for a in active])
         _log.info(
@@ -258,14 +262,14 @@ class Gateway:
         counts: list[CountChanged] = []
         transitions: list[AlertTransition] = []
         touched: list[str] = []
-        device = sample.device_id
+        channels = self._by_device.get(sample.device_id, {})
+        ts = sample.ts
         for r in sample.readings:
-            bin_id = self.by_channel.get((device, r.channel))
-            if bin_id is None:
+            slot = channels.get(r.channel)
+            if slot is None:
                 continue
-            out = self.estimators[bin_id].feed(
-                r.value, sample.ts, device_stable=r.stable, overload=r.overload, fault=r.fault
-            )
+            bin_id, estimator = slot
+            out = estimator.feed(r.value, ts, device_stable=r.stable, overload=r.overload, fault=r.fault)
             if not out:
                 continue
             touched.append(bin_id)
