@@ -8,6 +8,9 @@ import sys
 from datetime import UTC, datetime
 from typing import Literal
 
+from drivers.ble.scanner import quiet_bthome_logging
+from drivers.modbus.client import quiet_pymodbus_logging
+
 _STD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
@@ -39,6 +42,8 @@ def setup_logging(level: str = "INFO", fmt: Literal["text", "json"] = "text") ->
     root.setLevel(level.upper())
     for noisy in ("pymodbus", "uvicorn", "uvicorn.error", "amqtt", "transitions", "sse_starlette"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
-    # pymodbus logs a CRC or timeout at ERROR on every failed poll; the driver counts those and logs
-    # availability changes once, so the library's per-frame lines would only flood the journal.
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    # pymodbus logs a CRC or timeout at ERROR on every failed poll, bthome-ble a WARNING on every advert with
+    # a wrong key; our drivers count those and log availability once per change (STYLE.md rule 8), so the
+    # libraries' per-frame lines would only flood the journal.
+    quiet_pymodbus_logging()
+    quiet_bthome_logging()

@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=1)
     s.set_defaults(func=_sim)
 
+    from shelfgate.decode import add_parser as add_decode
+
+    add_decode(sub)
+
     d = sub.add_parser("demo", help="broker + simulated store + gateway + hub, all on this machine")
     d.add_argument("--config", type=Path, default=None, help="store config (default: config/demo-store.yaml)")
     d.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")

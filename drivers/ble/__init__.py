@@ -1,0 +1,1 @@
+"""BLE shelf sensors broadcasting BTHome v2: advert codec, per-device keys, scanner seam and monitor."""
