@@ -37,6 +37,7 @@ from typing import Final
 import serial
 from serial_asyncio_fast import SerialTransport, create_serial_connection
 
+from drivers.backoff import full_jitter_s
 from drivers.barcode.models import ScannerCounters, ScannerSettings, ScannerUnavailable
 from drivers.barcode.protocol import (
     DEFAULT_CONFIG,
@@ -52,16 +53,6 @@ from drivers.barcode.protocol import (
 _log = logging.getLogger(__name__)
 
 _MISCONFIGURED_ERRNOS: Final = frozenset({errno.EACCES, errno.EPERM, errno.ENOTTY})
-
-
-def full_jitter_s(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
-    """Backoff delay for a retry: uniform in [0, min(cap, base·2^attempt)] ("full jitter").
-
-    Full jitter spreads the reconnects of many lanes that lost power together instead of letting them retry
-    in lock-step (AWS Architecture Blog, "Exponential Backoff And Jitter").
-    """
-    ceiling = min(cap_s, base_s * 2.0 ** min(max(attempt, 0), 32))
-    return rng.uniform(0.0, ceiling)
 
 
 class _LineProtocol(asyncio.Protocol):

@@ -31,6 +31,7 @@ from typing import Final
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
+from drivers.backoff import full_jitter_s
 from drivers.modbus.models import (
     Availability,
     BusSettings,
@@ -72,16 +73,6 @@ def quiet_pymodbus_logging() -> None:
     process root (not this library) calls this once at start.
     """
     logging.getLogger(PYMODBUS_LOGGER).setLevel(logging.CRITICAL)
-
-
-def full_jitter_s(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
-    """Backoff delay for a retry: uniform in [0, min(cap, base·2^attempt)] ("full jitter").
-
-    Full jitter spreads the retries of many gateways/devices that failed together (one store power cut)
-    instead of letting them retry in lock-step (AWS Architecture Blog, "Exponential Backoff And Jitter").
-    """
-    ceiling = min(cap_s, base_s * 2.0 ** min(max(attempt, 0), 32))
-    return rng.uniform(0.0, ceiling)
 
 
 class ModbusBus:

@@ -35,6 +35,7 @@ from typing import Final
 
 import serial_asyncio_fast
 
+from drivers.backoff import full_jitter_s
 from drivers.rfid.epc import RawEpc, Sgtin96, parse_epc
 from drivers.rfid.errors import ChecksumError, EpcError, FrameError, ProtocolError, TagCrcError
 from drivers.rfid.models import Availability, ReaderCounters, ReaderUnavailable, TagRead
@@ -59,11 +60,6 @@ DEFAULT_BAUDRATE: Final = 115200
 """The M100 / JRD-4035 factory setting."""
 _READ_CHUNK: Final = 4096
 _MAX_LOGGED_EPCS: Final = 256
-
-
-def full_jitter_s(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
-    """Uniform in [0, min(cap, base·2^attempt)] (AWS Architecture Blog, "Exponential Backoff And Jitter")."""
-    return rng.uniform(0.0, min(cap_s, base_s * 2.0 ** min(max(attempt, 0), 32)))
 
 
 class UhfReaderClient:

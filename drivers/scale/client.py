@@ -35,6 +35,7 @@ from typing import Final
 
 import serial_asyncio_fast
 
+from drivers.backoff import full_jitter_s
 from drivers.scale.models import (
     Availability,
     ScaleCommandError,
@@ -62,16 +63,6 @@ RECEIVE_QUEUE_LINES: Final = 32
 
 _RESET_IDS: Final = frozenset({"I4", "@"})
 """`@` is answered with the I4 serial-number line; some firmware (and InstrumentKit's mock) answers `@ A`."""
-
-
-def full_jitter_s(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
-    """Backoff delay for a retry: uniform in [0, min(cap, base·2^attempt)] ("full jitter").
-
-    Spreads the retries of many devices that failed together (AWS Architecture Blog, "Exponential Backoff
-    And Jitter"); the same rule as the Modbus bus, kept here so the scale driver does not import pymodbus.
-    """
-    ceiling = min(cap_s, base_s * 2.0 ** min(max(attempt, 0), 32))
-    return rng.uniform(0.0, ceiling)
 
 
 class _LineProtocol(asyncio.Protocol):

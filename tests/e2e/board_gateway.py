@@ -17,59 +17,16 @@ bounded fan-out (same overflow policy) is used.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from cloud_bridge.contract import EventType, rfc3339
 from edge import __version__
 from edge.config import Bin, LoadedConfig
+from edge.gateway import Broadcast
 from edge.store import PRIORITY_HIGH, PRIORITY_LEVEL, AlertRow, BinRow, GatewayStore, NewEvent
-
-
-class _FanOut:
-    """Same contract as `edge.gateway.Broadcast`: bounded queue per subscriber, drop-oldest on overflow."""
-
-    def __init__(self, maxsize: int = 256) -> None:
-        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
-        self._maxsize = maxsize
-        self.dropped = 0
-
-    def publish(self, item: dict[str, Any]) -> None:
-        """Deliver to every subscriber without blocking the caller."""
-        for q in self._subscribers:
-            if q.full():
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    q.get_nowait()
-                    self.dropped += 1
-            q.put_nowait(item)
-
-    @contextlib.asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
-        """A queue that receives every published item until the context exits."""
-        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._maxsize)
-        self._subscribers.add(q)
-        try:
-            yield q
-        finally:
-            self._subscribers.discard(q)
-
-    @property
-    def subscribers(self) -> int:
-        """How many streams are listening."""
-        return len(self._subscribers)
-
-
-def _broadcast() -> Any:
-    try:
-        from edge.gateway import Broadcast
-    except ImportError:  # the runtime's other modules are not in the tree yet
-        return _FanOut()
-    return Broadcast()
 
 
 class _ActiveAlerts:
@@ -97,7 +54,7 @@ class BoardGateway:
         self.bins: dict[str, Bin] = {b.id: b for b in config.store.bins}
         self.counts: dict[str, int | None] = dict.fromkeys(self.bins)
         self.rules = _ActiveAlerts()
-        self.alerts_stream: Any = _broadcast()
+        self.alerts_stream = Broadcast()
         self.uplink: Any = None
         self.acks: list[tuple[str, str]] = []
         """(alert_id, by) of every acknowledgement the API asked for, in order."""

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from drivers.barcode.client import ScannerClient, full_jitter_s
+from drivers.backoff import full_jitter_s
+from drivers.barcode.client import ScannerClient
 from drivers.barcode.models import ScannerSettings
 from drivers.barcode.protocol import GS, MemberScan, ProductScan, Scan, ScanConfig, Terminator
 from firmware_sims.barcode import BarcodeScannerSim, HotplugPort

@@ -21,7 +21,8 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from drivers.modbus.client import ModbusBus, TransmitterPoller, full_jitter_s
+from drivers.backoff import full_jitter_s
+from drivers.modbus.client import ModbusBus, TransmitterPoller
 from drivers.modbus.models import (
     Availability,
     BusUnavailable,

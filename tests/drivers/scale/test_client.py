@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import pytest
 import serial_asyncio_fast
 
-from drivers.scale.client import ScaleClient, full_jitter_s
+from drivers.backoff import full_jitter_s
+from drivers.scale.client import ScaleClient
 from drivers.scale.models import (
     Availability,
     ScaleCommandError,
