@@ -9,7 +9,7 @@ config, then the project's `config/profiles/`), turned into the driver's frozen 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -230,7 +230,44 @@ def _nearest_line(loc: Loc, lines: Mapping[Loc, int]) -> int | None:
     return None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+# libyaml (C) when PyYAML was built with it: a 2 000-bin store file loads in ~1 s instead of ~10 s and without
+# the tens of MB of heap the pure-Python parser leaves behind (bench/bench_rss.py).
+_SafeLoader: type[yaml.SafeLoader] = (
+    yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader  # type: ignore[assignment]
+)
+
+
+class _LineIndex(Mapping[Loc, int]):
+    """Key path → 1-based line, built only when an error needs a line number.
+
+    Composing a second node tree of a large store file costs seconds and memory on a Pi; a valid file never
+    pays for it.
+    """
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._lines: dict[Loc, int] | None = None
+
+    def _index(self) -> dict[Loc, int]:
+        if self._lines is None:
+            lines: dict[Loc, int] = {}
+            node = yaml.compose(self._text, Loader=_SafeLoader)
+            if node is not None:
+                _line_index(node, (), lines)
+            self._lines = lines
+        return self._lines
+
+    def __getitem__(self, key: Loc) -> int:
+        return self._index()[key]
+
+    def __iter__(self) -> Iterator[Loc]:
+        return iter(self._index())
+
+    def __len__(self) -> int:
+        return len(self._index())
+
+
+class _UniqueKeyLoader(_SafeLoader):  # type: ignore[valid-type,misc]
     """SafeLoader that refuses duplicate mapping keys (YAML 1.2 §3.2.1.1: keys are unique)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -242,10 +279,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     None, None, f"duplicate key {key!r}", key_node.start_mark
                 )
             seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
 
 
-def _read_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
+def _read_yaml(path: Path) -> tuple[Any, Mapping[Loc, int]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -253,7 +291,6 @@ def _read_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
     except UnicodeDecodeError as exc:
         raise ConfigError(path, [ConfigIssue("", None, f"not UTF-8 text: {exc.reason}")]) from exc
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -261,10 +298,7 @@ def _read_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
         raise ConfigError(path, [ConfigIssue("", line, f"YAML: {exc.problem or exc}")]) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(path, [ConfigIssue("", None, f"YAML: {exc}")]) from exc
-    lines: dict[Loc, int] = {}
-    if node is not None:
-        _line_index(node, (), lines)
-    return data, lines
+    return data, _LineIndex(text)
 
 
 # --- register profiles -------------------------------------------------------------------------------------
