@@ -46,6 +46,7 @@ import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from pydantic import ValidationError
 
+from cloud_bridge.aio import reraise_swallowed_cancel
 from cloud_bridge.backoff import Backoff
 from cloud_bridge.contract import (
     Command,
@@ -351,6 +352,7 @@ class Uplink:
                 try:
                     await self._session()
                 except TRANSIENT_ERRORS as exc:
+                    reraise_swallowed_cancel()
                     self._note_failure(exc)
                     delay_s = self._backoff.next_delay_s()
                     if _is_refusal(exc):
@@ -418,7 +420,9 @@ class Uplink:
         try:
             async with client:
                 # Subscribe before the birth: a hub answering the birth with a command must find us listening.
+                reraise_swallowed_cancel()
                 await client.subscribe(f"{self._command_prefix}#", qos=1, timeout=self._publish_timeout_s)
+                reraise_swallowed_cancel()
                 await client.publish(
                     self._status_topic,
                     self.status("online").to_json(),
@@ -426,6 +430,7 @@ class Uplink:
                     retain=True,
                     timeout=self._publish_timeout_s,
                 )
+                reraise_swallowed_cancel()
                 self._note_connected()
                 try:
                     await self._serve(client)
@@ -443,6 +448,8 @@ class Uplink:
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Run drain, heartbeat and command intake in one TaskGroup; re-raise the first connection error."""
         failure: Exception | None = None
+        task = asyncio.current_task()
+        cancels_before = task.cancelling() if task is not None else 0
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._drain(client), name="uplink.drain")
@@ -450,6 +457,11 @@ class Uplink:
                 tasks.create_task(self._commands(client), name="uplink.commands")
         except* TRANSIENT_ERRORS as group:
             failure = group.exceptions[0]
+            # Python 3.11's TaskGroup cancels its parent when a child fails and leaves the parent's
+            # cancelling() raised afterwards. Undo exactly that, so reraise_swallowed_cancel() in run() sees
+            # only a real stop request and the uplink goes on reconnecting.
+            while task is not None and task.cancelling() > cancels_before:
+                task.uncancel()
         raise failure or aiomqtt.MqttError("uplink session ended without an error")
 
     async def _say_offline(self, client: aiomqtt.Client) -> None:
@@ -529,6 +541,7 @@ class Uplink:
                 self.rows_rejected += 1
                 continue
             await client.publish(self._events_topic, batch.to_json(), qos=1, timeout=self._publish_timeout_s)
+            reraise_swallowed_cancel()
             # Returning from a QoS 1 publish means paho saw the PUBACK (see module docstring).
             await self._outbox.ack_through(batch.last_seq)
             self.last_published_seq = batch.last_seq
@@ -545,6 +558,7 @@ class Uplink:
                 await client.publish(
                     self._health_topic, beat.to_json(), qos=1, timeout=self._publish_timeout_s
                 )
+                reraise_swallowed_cancel()
                 self.heartbeats_sent += 1
             await asyncio.sleep(self._heartbeat_s)
 
@@ -612,6 +626,7 @@ class Uplink:
                     qos=1,
                     timeout=self._publish_timeout_s,
                 )
+                reraise_swallowed_cancel()
 
     async def _handle_command(self, topic: str, payload: bytes, *, retained: bool) -> CommandResult | None:
         """Validate, de-duplicate and run one command; None when there is nobody to answer."""

@@ -30,6 +30,7 @@ from typing import Final
 
 import aiomqtt
 
+from cloud_bridge.aio import reraise_swallowed_cancel
 from cloud_bridge.contract import (
     ALL_STORES_CMD_RESULT,
     ALL_STORES_EVENTS,
@@ -91,18 +92,6 @@ class IngestCounters:
     def as_dict(self) -> dict[str, int]:
         """Plain JSON-able form."""
         return asdict(self)
-
-
-def reraise_swallowed_cancel() -> None:
-    """Re-raise a cancellation that a library swallowed.
-
-    Python 3.11's `asyncio.wait_for` (used inside aiomqtt's subscribe/connect) drops a cancel that lands in
-    the same loop iteration as the awaited result (CPython gh-86296, fixed in 3.12). The task then keeps
-    `cancelling() > 0`, so checking it after each such call keeps the hub stoppable.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _payload_bytes(payload: object) -> bytes:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import aiomqtt
 
+from cloud_bridge.aio import reraise_swallowed_cancel
 from cloud_bridge.contract import EventBatch
 from cloud_bridge.uplink import Uplink
 from shelfgate.broker import Mosquitto
@@ -69,7 +70,9 @@ class Collector:
             )
             try:
                 async with client:
+                    reraise_swallowed_cancel()
                     await client.subscribe(self.topic, qos=1)
+                    reraise_swallowed_cancel()
                     self.sessions += 1
                     self.subscribed.set()
                     async for message in client.messages:
@@ -77,6 +80,7 @@ class Collector:
                         self.messages.append(Received(message.topic.value, message.payload, message.retain))
                         self.received.set()
             except aiomqtt.MqttError:
+                reraise_swallowed_cancel()  # a cancel lost inside aiomqtt's wait_for must still stop us
                 await asyncio.sleep(0.05)
             finally:
                 client._client._sock_close()  # aiomqtt leaves a socket open after a CONNACK timeout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -447,3 +448,23 @@ async def test_heartbeat_provider_is_published_and_its_failures_do_not_stop_the_
     assert [b.uptime_s for b in beats[:3]] == [1.0, 3.0, 4.0]  # the failed second beat was skipped
     assert beats[0].active_alerts == 2
     assert uplink.connected is False  # stopped by the test, not by the failure
+
+
+async def test_the_uplink_stops_whenever_it_is_cancelled(mosquitto: Mosquitto) -> None:
+    """Cancel at many points of connect/subscribe/birth/first publish: the task must always end.
+
+    On Python 3.11 aiomqtt's internal wait_for can swallow a cancel (CPython gh-86296); without
+    `reraise_swallowed_cancel` after those awaits, the uplink (and a gateway shutdown) could hang. This is a
+    smoke test: it hits the race only by chance; tests/hub/test_ingest.py reproduces the race exactly.
+    """
+    for i in range(25):
+        outbox = MemoryOutbox()
+        outbox.append_many(5)
+        uplink = make_uplink(mosquitto, outbox)
+        task = asyncio.create_task(uplink.run(), name=f"uplink.cancel-{i}")
+        await asyncio.sleep(0.002 * i)
+        task.cancel()
+        async with asyncio.timeout(15):  # a swallowed cancel would hang here and fail the test
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert task.done()

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from hub.ingest import Backoff, reraise_swallowed_cancel
+from cloud_bridge.aio import reraise_swallowed_cancel
+from hub.ingest import Backoff
 
 
 def test_backoff_is_full_jitter_under_a_doubling_cap() -> None:
