@@ -35,6 +35,7 @@ import os
 import resource
 import shutil
 import ssl
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -184,6 +185,25 @@ def _is_refusal(exc: BaseException) -> bool:
         return False
     value = getattr(exc.rc, "value", exc.rc)
     return value in _REFUSED_CONNACK_CODES
+
+
+def _undo_taskgroup_parent_cancel(tasks: asyncio.TaskGroup | None) -> None:
+    """Take back the one cancel Python 3.11's TaskGroup leaves on its parent after a child failed.
+
+    When a child fails while the parent already waits in `__aexit__` (always so in `_serve`, whose body only
+    creates tasks), 3.11 cancels the parent and never uncancels it; 3.12 does. Left alone, the stale count
+    makes `reraise_swallowed_cancel()` stop the uplink after its first broker failure. Exactly one is taken
+    back, so a real stop request that arrived meanwhile still counts.
+    """
+    task = asyncio.current_task()
+    if (
+        sys.version_info < (3, 12)
+        and task is not None
+        and tasks is not None
+        and getattr(tasks, "_parent_cancel_requested", False)
+        and task.cancelling() > 0
+    ):
+        task.uncancel()
 
 
 def _release_transport(client: aiomqtt.Client) -> None:
@@ -448,8 +468,7 @@ class Uplink:
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Run drain, heartbeat and command intake in one TaskGroup; re-raise the first connection error."""
         failure: Exception | None = None
-        task = asyncio.current_task()
-        cancels_before = task.cancelling() if task is not None else 0
+        tasks: asyncio.TaskGroup | None = None
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._drain(client), name="uplink.drain")
@@ -457,11 +476,7 @@ class Uplink:
                 tasks.create_task(self._commands(client), name="uplink.commands")
         except* TRANSIENT_ERRORS as group:
             failure = group.exceptions[0]
-            # Python 3.11's TaskGroup cancels its parent when a child fails and leaves the parent's
-            # cancelling() raised afterwards. Undo exactly that, so reraise_swallowed_cancel() in run() sees
-            # only a real stop request and the uplink goes on reconnecting.
-            while task is not None and task.cancelling() > cancels_before:
-                task.uncancel()
+            _undo_taskgroup_parent_cancel(tasks)
         raise failure or aiomqtt.MqttError("uplink session ended without an error")
 
     async def _say_offline(self, client: aiomqtt.Client) -> None:
@@ -530,6 +545,7 @@ class Uplink:
             rows = await self._outbox.peek(self._batch_max_events)
             if not rows:
                 await self._outbox.wait_for_rows(_IDLE_WAIT_S)
+                reraise_swallowed_cancel()  # an Outbox built on 3.11's wait_for may have dropped a cancel
                 continue
             try:
                 batch = build_batch(store_id=self.store_id, gateway_id=self.gateway_id, rows=rows)

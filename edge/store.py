@@ -362,8 +362,11 @@ class GatewayStore:
 
     async def wait_for_rows(self, timeout_s: float) -> None:
         """Wake the uplink after an append, or after timeout_s."""
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that lands as the event fires
+        # (CPython gh-86296), and the uplink's drain task would then never stop.
         try:
-            await asyncio.wait_for(self._rows_waiting.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._rows_waiting.wait()
         except TimeoutError:
             return
         self._rows_waiting.clear()
