@@ -9,48 +9,22 @@ import pytest
 
 from edge.config import load_config
 from firmware_sims.layout import (
-    SimBin,
-    SimBus,
     SimLayout,
     SimTransmitter,
-    demo_initial_count,
     layout_from_json,
     layout_to_json,
 )
 from firmware_sims.runner import build_shelves
 from firmware_sims.scenario import ScriptedScenario, ScriptStep, StoreScenario
 from firmware_sims.testing import WT_FLOAT32_CDAB, WT_INT32_ABCD, small_layout
+from shelfgate.demo import layout_from_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def demo_layout(seed: int = 0) -> SimLayout:
-    """The demo store config mapped the way the lead's CLI maps it (edge config → SimLayout)."""
-    cfg = load_config(ROOT / "config" / "demo-store.yaml")
-    store = cfg.store
-    return SimLayout(
-        buses=tuple(SimBus(b.id, b.kind) for b in store.buses),
-        transmitters=tuple(
-            SimTransmitter(t.id, t.bus, t.unit_id, cfg.profiles[t.profile]) for t in store.transmitters
-        ),
-        bins=tuple(
-            SimBin(
-                bin_id=b.id,
-                device_id=b.device,
-                channel=b.channel,
-                unit_weight_g=b.unit_weight_g,
-                unit_weight_spread_g=b.unit_weight_spread_g,
-                tare_g=b.tare_g,
-                zero=b.calibration.zero,
-                span_g_per_unit=b.calibration.span_g_per_unit,
-                safety_stock=b.safety_stock,
-                max_stock=b.max_stock,
-                initial_count=demo_initial_count(b.safety_stock, b.max_stock, i),
-            )
-            for i, b in enumerate(store.bins)
-        ),
-        seed=seed,
-    )
+    """The demo store exactly as `shelfgate demo` and `shelfgate sim` map it (edge config → SimLayout)."""
+    return layout_from_config(load_config(ROOT / "config" / "demo-store.yaml"), seed=seed)
 
 
 def test_testing_maps_mirror_the_profile_files() -> None:
