@@ -35,8 +35,6 @@ import functools
 import inspect
 import logging
 import math
-import os
-import platform
 import random
 import sqlite3
 import statistics
@@ -48,6 +46,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from _host import load_average, machine
 
 from edge.config import LoadedConfig, load_config
 from edge.gateway import Gateway
@@ -108,26 +108,6 @@ def store_yaml(poll_s: float) -> str:
             "  ",
         )
     return out
-
-
-def load_average() -> str:
-    """1/5/15-minute load averages: other work on the machine skews every number here, so say how much."""
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1/5/15 min) on {os.cpu_count()} cores"
-
-
-def machine() -> str:
-    """CPU model, cores and Python: the line every bench result carries."""
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return (
-        f"{model}, {os.cpu_count()} cores; Python {platform.python_version()}"
-        f" ({platform.python_implementation()}); {platform.system()} {platform.release()} {platform.machine()}"
-    )
 
 
 # --- live stream recorder ------------------------------------------------------------------------------------

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import platform
 import random
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _host import machine
 
 from drivers.modbus.models import Sample
 from drivers.modbus.protocol import (
@@ -38,18 +39,6 @@ from edge.gateway import Gateway
 
 CHANNELS = 100
 RATE_HZ = 10.0
-
-
-def _machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}; Python {platform.python_version()}; {platform.machine()}"
 
 
 def build(bins: int, data_dir: Path) -> tuple[LoadedConfig, RegisterMap]:
@@ -189,7 +178,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="simulated seconds of signal at 10 Hz")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    print(f"machine: {_machine()}")
+    print(f"machine: {machine()}")
     print(f"{args.bins} bins, {args.seconds:.0f} simulated s at {RATE_HZ:.0f} Hz, {args.repeat} runs")
     for r in range(args.repeat):
         res = asyncio.run(run_once(args.bins, args.seconds, seed=r))

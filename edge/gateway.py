@@ -379,16 +379,7 @@ class Gateway:
         b = self.bins[bin_id]
         est = self.estimators.get(bin_id)
         count = est.count if est else None
-        if count is None:
-            level = "unknown"
-        elif count == 0:
-            level = "out"
-        elif count < b.safety_stock:
-            level = "low"
-        elif count > b.max_stock:
-            level = "over"
-        else:
-            level = "ok"
+        level = stock_level(b, count)
         return {
             "bin_id": b.id,
             "sku": b.sku,
@@ -468,6 +459,22 @@ class Gateway:
     async def _on_command(self, name: str, command: Command) -> CommandResult:
         """Commands from the hub. None are gateway-specific yet; the uplink answers `ping` itself."""
         raise UnknownCommandError(name)
+
+
+def stock_level(b: Bin, count: int | None) -> str:
+    """The board's colour for a count: out / low (below safety stock) / over (above max) / ok / unknown.
+
+    The alert rules decide alerts (with dwell and hysteresis); this is only the instantaneous level.
+    """
+    if count is None:
+        return "unknown"
+    if count == 0:
+        return "out"
+    if count < b.safety_stock:
+        return "low"
+    if count > b.max_stock:
+        return "over"
+    return "ok"
 
 
 _EVENT_FOR_STATE = {

@@ -25,7 +25,7 @@ from typing import Any
 from cloud_bridge.contract import EventType, rfc3339
 from edge import __version__
 from edge.config import Bin, LoadedConfig
-from edge.gateway import Broadcast
+from edge.gateway import Broadcast, stock_level
 from edge.store import PRIORITY_HIGH, PRIORITY_LEVEL, AlertRow, BinRow, GatewayStore, NewEvent
 
 
@@ -70,16 +70,7 @@ class BoardGateway:
         """A bin's live state, shaped like `Gateway.bin_view`."""
         b = self.bins[bin_id]
         count = self.counts[bin_id]
-        if count is None:
-            level = "unknown"
-        elif count == 0:
-            level = "out"
-        elif count < b.safety_stock:
-            level = "low"
-        elif count > b.max_stock:
-            level = "over"
-        else:
-            level = "ok"
+        level = stock_level(b, count)
         return {
             "bin_id": b.id,
             "sku": b.sku,
