@@ -1,4 +1,8 @@
-"""What to simulate: buses, transmitters and the bins on their channels, as frozen data.
+"""What to simulate: buses, transmitters, the other store devices, and the bins on their channels, as frozen data.
+
+Beyond the Modbus shelves a layout may hold scales (`SimScale`), barcode scanners (`SimScanner`, scanning the
+layout's `codes`), UHF RFID readers (`SimRfidReader`, one zone each, with the tags in their field at start)
+and BLE shelf sensors (`SimBleSensor`); a bin on a BLE sensor is a `SimBin` whose `device_id` is the sensor's.
 
 The layout is deliberately independent of the gateway's config (`edge/config.py`): the simulator may
 import only `drivers` (import-linter contract "simulators build only on drivers"), so the CLI maps a store
@@ -11,11 +15,13 @@ sides can never disagree about a register layout (STYLE.md rule 14).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from drivers.modbus.protocol import RegisterMap, StatusPoint, ValueType, WeightPoint, WordOrder
+from drivers.rfid.epc import encode_sgtin96
 
 LAYOUT_FORMAT = 1
 """Version of the JSON document `layout_to_json` writes; bumped on incompatible changes."""
@@ -89,6 +95,61 @@ class SimBus:
 
 
 @dataclass(frozen=True, slots=True)
+class SimScale:
+    """A scale on its own serial line (a pty null modem): MT-SICS or NCI/ECR."""
+
+    device_id: str
+    protocol: Literal["mtsics", "nci"] = "mtsics"
+    serial_number: str = "0123456789"
+    """What an MT-SICS scale answers to `I4` / `@`."""
+    lane: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SimScanner:
+    """A barcode scanner on its own serial line; `role` and `lane` decide what the scenario scans with it."""
+
+    device_id: str
+    role: Literal["lane", "handheld", "receiving"] = "lane"
+    lane: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SimCode:
+    """A code the store's scanners can read: data, the AIM symbology identifier sent before it, and whether it
+    is a member card/QR (scanned at the start of a checkout) rather than a product."""
+
+    data: str
+    symbology: str | None = "]E0"
+    member: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SimRfidReader:
+    """A serial UHF module covering one zone; `tags` are the EPCs in its field at start."""
+
+    device_id: str
+    zone: str
+    zone_kind: Literal["shelf", "exit"] = "shelf"
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SimBleSensor:
+    """A BTHome shelf sensor; its bins are `SimBin`s with this `device_id` (channel = mass object)."""
+
+    device_id: str
+    mac: str
+    keyed: bool = False
+    """Encrypts its adverts; the key itself is given to `SimStore(ble_keys=…)`, never stored in a layout."""
+    channels: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.channels <= 8:
+            raise ValueError(f"BLE sensor {self.device_id}: channels must be 1..8")
+
+
+@dataclass(frozen=True, slots=True)
 class ShelfPhysics:
     """Load-cell and transmitter behaviour shared by every channel.
 
@@ -132,26 +193,39 @@ class SimLayout:
     """Standard deviation of the Gaussian noise on every plate, grams."""
     seed: int = 0
     physics: ShelfPhysics = field(default_factory=ShelfPhysics)
+    scales: tuple[SimScale, ...] = ()
+    scanners: tuple[SimScanner, ...] = ()
+    rfid_readers: tuple[SimRfidReader, ...] = ()
+    ble_sensors: tuple[SimBleSensor, ...] = ()
+    codes: tuple[SimCode, ...] = ()
+    """What the scanners scan: the store's products (and GS1 codes with batch/expiry) and member codes."""
 
     def __post_init__(self) -> None:
         bus_ids = [b.bus_id for b in self.buses]
         _no_duplicates("bus id", bus_ids)
-        _no_duplicates("device id", [t.device_id for t in self.transmitters])
+        _no_duplicates(
+            "device id",
+            [t.device_id for t in self.transmitters]
+            + [d.device_id for d in self.scales]
+            + [d.device_id for d in self.scanners]
+            + [d.device_id for d in self.rfid_readers]
+            + [d.device_id for d in self.ble_sensors],
+        )
         _no_duplicates("bin id", [b.bin_id for b in self.bins])
         _no_duplicates("unit id", [(t.bus_id, t.unit_id) for t in self.transmitters])
         _no_duplicates("channel", [(b.device_id, b.channel) for b in self.bins])
-        devices = {t.device_id: t for t in self.transmitters}
+        _no_duplicates("BLE MAC", [s.mac for s in self.ble_sensors])
+        channels = {t.device_id: t.register_map.channels for t in self.transmitters}
+        channels.update({s.device_id: s.channels for s in self.ble_sensors})
         for tx in self.transmitters:
             if tx.bus_id not in bus_ids:
                 raise ValueError(f"transmitter {tx.device_id}: unknown bus {tx.bus_id!r}")
         for b in self.bins:
-            tx_or_none = devices.get(b.device_id)
-            if tx_or_none is None:
+            n = channels.get(b.device_id)
+            if n is None:
                 raise ValueError(f"bin {b.bin_id}: unknown device {b.device_id!r}")
-            if b.channel >= tx_or_none.register_map.channels:
-                raise ValueError(
-                    f"bin {b.bin_id}: channel {b.channel} outside 0..{tx_or_none.register_map.channels - 1}"
-                )
+            if b.channel >= n:
+                raise ValueError(f"bin {b.bin_id}: channel {b.channel} outside 0..{n - 1}")
         if self.noise_g < 0:
             raise ValueError("noise_g must not be negative")
 
@@ -160,7 +234,7 @@ class SimLayout:
         return tuple(t for t in self.transmitters if t.bus_id == bus_id)
 
     def bins_on(self, device_id: str) -> tuple[SimBin, ...]:
-        """The bins weighed by one transmitter."""
+        """The bins weighed by one transmitter or BLE sensor."""
         return tuple(b for b in self.bins if b.device_id == device_id)
 
 
@@ -181,6 +255,21 @@ def demo_initial_count(safety_stock: int, max_stock: int, index: int) -> int:
     if index % 11 == 0:
         return min(safety_stock + 1, max_stock)
     return max(safety_stock + 1, max_stock - index % 3)
+
+
+def sgtin_tags(
+    gtin: str, serials: range | tuple[int, ...], *, company_prefix_digits: int = 7
+) -> tuple[str, ...]:
+    """SGTIN-96 EPCs (filter 1, point-of-sale item) of one GTIN-14, one per serial, for a simulated field.
+
+    GS1 TDS §7.3.2: the item reference is the GTIN's indicator digit followed by the digits between the company
+    prefix and the check digit. Encoded by the gateway's own codec (`drivers.rfid.epc`).
+    """
+    if len(gtin) != 14 or not gtin.isdigit():
+        raise ValueError(f"{gtin!r} is not a GTIN-14")
+    company = gtin[1 : 1 + company_prefix_digits]
+    item_reference = gtin[0] + gtin[1 + company_prefix_digits : 13]
+    return tuple(encode_sgtin96(1, company, item_reference, serial) for serial in serials)
 
 
 # --- JSON ---------------------------------------------------------------------------------------------------
@@ -280,6 +369,11 @@ def layout_to_json(layout: SimLayout) -> str:
             }
             for b in layout.bins
         ],
+        "scales": [dataclasses.asdict(d) for d in layout.scales],
+        "scanners": [dataclasses.asdict(d) for d in layout.scanners],
+        "rfid_readers": [{**dataclasses.asdict(d), "tags": list(d.tags)} for d in layout.rfid_readers],
+        "ble_sensors": [dataclasses.asdict(d) for d in layout.ble_sensors],
+        "codes": [dataclasses.asdict(c) for c in layout.codes],
     }
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
@@ -332,6 +426,49 @@ def layout_from_json(text: str) -> SimLayout:
             noise_g=float(doc.get("noise_g", 1.0)),
             seed=int(doc.get("seed", 0)),
             physics=ShelfPhysics(**{k: v for k, v in phys.items() if v is not None}),
+            scales=tuple(
+                SimScale(
+                    device_id=str(d["device_id"]),
+                    protocol=_one_of(d.get("protocol", "mtsics"), ("mtsics", "nci")),
+                    serial_number=str(d.get("serial_number", "0123456789")),
+                    lane=None if d.get("lane") is None else str(d["lane"]),
+                )
+                for d in doc.get("scales", ())
+            ),
+            scanners=tuple(
+                SimScanner(
+                    device_id=str(d["device_id"]),
+                    role=_one_of(d.get("role", "lane"), ("lane", "handheld", "receiving")),
+                    lane=None if d.get("lane") is None else str(d["lane"]),
+                )
+                for d in doc.get("scanners", ())
+            ),
+            rfid_readers=tuple(
+                SimRfidReader(
+                    device_id=str(d["device_id"]),
+                    zone=str(d["zone"]),
+                    zone_kind=_one_of(d.get("zone_kind", "shelf"), ("shelf", "exit")),
+                    tags=tuple(str(t) for t in d.get("tags", ())),
+                )
+                for d in doc.get("rfid_readers", ())
+            ),
+            ble_sensors=tuple(
+                SimBleSensor(
+                    device_id=str(d["device_id"]),
+                    mac=str(d["mac"]),
+                    keyed=bool(d.get("keyed", False)),
+                    channels=int(d.get("channels", 1)),
+                )
+                for d in doc.get("ble_sensors", ())
+            ),
+            codes=tuple(
+                SimCode(
+                    data=str(c["data"]),
+                    symbology=None if c.get("symbology") is None else str(c["symbology"]),
+                    member=bool(c.get("member", False)),
+                )
+                for c in doc.get("codes", ())
+            ),
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"invalid layout document: {exc!r}") from exc
@@ -343,3 +480,13 @@ def _bus_kind(value: object) -> Literal["rtu", "tcp"]:
     if value == "tcp":
         return "tcp"
     raise ValueError(f"bus kind must be 'rtu' or 'tcp', not {value!r}")
+
+
+_T = TypeVar("_T", bound=str)
+
+
+def _one_of(value: object, allowed: tuple[_T, ...]) -> _T:
+    for choice in allowed:
+        if value == choice:
+            return choice
+    raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")

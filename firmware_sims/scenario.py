@@ -1,5 +1,10 @@
 """What happens in the store: shoppers pick, staff restock, and a ground-truth log of every change.
 
+`StoreScenario` moves items on the weighed bins (Modbus and BLE alike); `DeviceScenario` gives the other
+devices life — checkouts at the lanes (a member scan now and then, product scans, a weighing), handheld
+scans, and RFID tags carried from a shelf zone to the exit and brought back — as a log of `DeviceAction`s the
+runner performs on the simulators.
+
 Scenarios are discrete-event simulations on the shelves' clock: `advance(t)` applies every event scheduled
 at or before `t`, each at its *scheduled* time (not at the wall-clock time the loop happened to wake up), so
 a run with one seed is reproducible and a test can drive a scenario with no event loop at all. `run(clock)`
@@ -14,9 +19,9 @@ import asyncio
 import heapq
 import math
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from .layout import SimLayout
 from .shelf import Shelf, derive_seed
@@ -257,4 +262,162 @@ class StoreScenario(_Base):
         return [self.apply(t, bin_id, -n)]
 
 
-__all__ = ["Scenario", "ScriptStep", "ScriptedScenario", "StockChange", "StoreScenario"]
+@dataclass(frozen=True, slots=True)
+class DeviceAction:
+    """One thing a device does: `scan` (a scanner reads `code`), `load` / `unload` (`grams` on / off a scale's
+    pan), `tag_in` / `tag_out` (tag `epc` enters / leaves a reader's field)."""
+
+    t: float
+    device_id: str
+    action: Literal["scan", "load", "unload", "tag_in", "tag_out"]
+    code: str = ""
+    symbology: str | None = None
+    grams: float = 0.0
+    epc: str = ""
+
+
+class DeviceScenario:
+    """Checkouts, handheld scans and tags walking to the exit, on the same discrete-event clock as the shelves.
+
+    - Every lane (a scanner with `role: lane`) checks a customer out every ~`checkout_every_s` (exponential):
+      a member code first in `member_share` of checkouts, then 1–3 product scans a second apart, and — when
+      the lane has a scale — loose goods weighed (`load`, then `unload` a few seconds later).
+    - Every handheld / receiving scanner scans one product every ~`handheld_every_s`.
+    - Every ~`tag_walk_every_s` a tag leaves a shelf reader's field for an exit reader's field, stays there for
+      `exit_dwell_s`, and is brought back to its shelf `return_after_s` later (so the demo goes on for ever).
+
+    `advance(t)` returns the actions due; `log` keeps them all. Reproducible for a seed.
+    """
+
+    def __init__(
+        self,
+        layout: SimLayout,
+        *,
+        seed: int | None = None,
+        checkout_every_s: float = 20.0,
+        handheld_every_s: float = 30.0,
+        tag_walk_every_s: float = 25.0,
+        exit_dwell_s: float = 12.0,
+        return_after_s: float = 10.0,
+        member_share: float = 0.4,
+        start_s: float = 0.0,
+    ) -> None:
+        if min(checkout_every_s, handheld_every_s, tag_walk_every_s) <= 0:
+            raise ValueError("event intervals must be positive")
+        self.layout = layout
+        self.log: list[DeviceAction] = []
+        self._rng = random.Random(derive_seed(layout.seed if seed is None else seed, "devices"))
+        self._products = [c for c in layout.codes if not c.member]
+        self._members = [c for c in layout.codes if c.member]
+        self._scale_of_lane = {s.lane: s.device_id for s in layout.scales if s.lane is not None}
+        self._checkout_every_s = checkout_every_s
+        self._handheld_every_s = handheld_every_s
+        self._tag_walk_every_s = tag_walk_every_s
+        self._exit_dwell_s = exit_dwell_s
+        self._return_after_s = return_after_s
+        self._member_share = member_share
+        self._tags_at: dict[str, set[str]] = {r.device_id: set(r.tags) for r in layout.rfid_readers}
+        self._shelf_readers = [r.device_id for r in layout.rfid_readers if r.zone_kind == "shelf"]
+        self._exit_readers = [r.device_id for r in layout.rfid_readers if r.zone_kind == "exit"]
+        self._heap: list[tuple[float, int, DeviceAction | tuple[str, str]]] = []
+        self._seq = 0
+        if self._products:
+            for sc in layout.scanners:
+                every = checkout_every_s if sc.role == "lane" else handheld_every_s
+                self._push(start_s + self._rng.expovariate(1.0 / every), ("episode", sc.device_id))
+        if self._shelf_readers and self._exit_readers:
+            self._push(start_s + self._rng.expovariate(1.0 / tag_walk_every_s), ("episode", "tag_walk"))
+
+    def _push(self, t: float, item: DeviceAction | tuple[str, str]) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, item))
+
+    def next_event_s(self) -> float | None:
+        """When the next action or episode is due, or None when nothing will happen."""
+        return self._heap[0][0] if self._heap else None
+
+    def advance(self, t: float) -> list[DeviceAction]:
+        """Every action due at or before `t`, in time order (episodes due schedule their actions first)."""
+        out: list[DeviceAction] = []
+        while self._heap and self._heap[0][0] <= t:
+            due, _, item = heapq.heappop(self._heap)
+            if isinstance(item, DeviceAction):
+                self._apply(item)
+                self.log.append(item)
+                out.append(item)
+            else:
+                self._episode(due, item[1])
+        return out
+
+    def _apply(self, action: DeviceAction) -> None:
+        if action.action == "tag_in":
+            self._tags_at[action.device_id].add(action.epc)
+        elif action.action == "tag_out":
+            self._tags_at[action.device_id].discard(action.epc)
+
+    def _episode(self, t: float, name: str) -> None:
+        if name == "tag_walk":
+            self._tag_walk(t)
+            self._push(t + self._rng.expovariate(1.0 / self._tag_walk_every_s), ("episode", name))
+            return
+        scanner = next(s for s in self.layout.scanners if s.device_id == name)
+        if scanner.role == "lane":
+            self._checkout(t, scanner.device_id, scanner.lane)
+            every = self._checkout_every_s
+        else:
+            code = self._rng.choice(self._products)
+            self._push(t, DeviceAction(t, scanner.device_id, "scan", code.data, code.symbology))
+            every = self._handheld_every_s
+        self._push(t + self._rng.expovariate(1.0 / every), ("episode", name))
+
+    def _checkout(self, t: float, scanner_id: str, lane: str | None) -> None:
+        at = t
+        if self._members and self._rng.random() < self._member_share:
+            code = self._rng.choice(self._members)
+            self._push(at, DeviceAction(at, scanner_id, "scan", code.data, code.symbology))
+            at += 1.0
+        for _ in range(self._rng.randint(1, 3)):
+            code = self._rng.choice(self._products)
+            self._push(at, DeviceAction(at, scanner_id, "scan", code.data, code.symbology))
+            at += 1.0
+        scale_id = self._scale_of_lane.get(lane) if lane is not None else None
+        if scale_id is not None:
+            grams = round(self._rng.uniform(150.0, 1500.0), 1)
+            self._push(at, DeviceAction(at, scale_id, "load", grams=grams))
+            self._push(at + 4.0, DeviceAction(at + 4.0, scale_id, "unload"))
+
+    def _tag_walk(self, t: float) -> None:
+        stocked = [r for r in self._shelf_readers if self._tags_at[r]]
+        if not stocked:
+            return
+        shelf = self._rng.choice(stocked)
+        epc = self._rng.choice(sorted(self._tags_at[shelf]))
+        exit_reader = self._rng.choice(self._exit_readers)
+        leave_exit = t + self._exit_dwell_s
+        back = leave_exit + self._return_after_s
+        self._tags_at[shelf].discard(epc)  # reserved now: a second walk must not pick it meanwhile
+        self._push(t, DeviceAction(t, shelf, "tag_out", epc=epc))
+        self._push(t, DeviceAction(t, exit_reader, "tag_in", epc=epc))
+        self._push(leave_exit, DeviceAction(leave_exit, exit_reader, "tag_out", epc=epc))
+        self._push(back, DeviceAction(back, shelf, "tag_in", epc=epc))
+
+    async def run(
+        self, clock: Callable[[], float], perform: Callable[[DeviceAction], Awaitable[None]]
+    ) -> None:
+        """Advance in real time, performing each action, until cancelled."""
+        while (due := self.next_event_s()) is not None:
+            await asyncio.sleep(max(0.0, due - clock()))
+            for action in self.advance(clock()):
+                await perform(action)
+        await asyncio.Event().wait()
+
+
+__all__ = [
+    "DeviceAction",
+    "DeviceScenario",
+    "Scenario",
+    "ScriptStep",
+    "ScriptedScenario",
+    "StockChange",
+    "StoreScenario",
+]

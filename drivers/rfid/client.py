@@ -36,6 +36,7 @@ from typing import Final
 import serial_asyncio_fast
 
 from drivers.backoff import full_jitter_s
+from drivers.rfid._common import ReaderEvents
 from drivers.rfid.epc import RawEpc, Sgtin96, parse_epc
 from drivers.rfid.errors import ChecksumError, EpcError, FrameError, ProtocolError, TagCrcError
 from drivers.rfid.models import Availability, ReaderCounters, ReaderUnavailable, TagRead
@@ -96,22 +97,20 @@ class UhfReaderClient:
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self.counters = ReaderCounters()
+        self._events = ReaderEvents(queue_size, self.counters, on_overflow=self._warn_overflow)
         self._inventory_wanted = auto_start
         self._rng = rng or random.Random()  # jitter, not security
-        self._queue: asyncio.Queue[TagRead | Availability | None] = asyncio.Queue(queue_size)
         self._task: asyncio.Task[None] | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._write_lock = asyncio.Lock()
         self._available: bool | None = None
         self._logged_kinds: set[str] = set()
         self._logged_epcs: set[str] = set()
-        self._overflowing = False
-        self._closed = False
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> UhfReaderClient:
-        self._closed = False
+        self._events.closed = False
         self._task = asyncio.create_task(self._run(), name=f"uhf_reader[{self.reader_id}].loop")
         return self
 
@@ -122,16 +121,14 @@ class UhfReaderClient:
 
     async def aclose(self) -> None:
         """Stop the loop, close the port, and end the `events()` iterators."""
-        if self._closed:
+        if self._events.closed:
             return
-        self._closed = True
+        self._events.closed = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             await asyncio.wait([task])
-        if self._queue.full():
-            self._queue.get_nowait()
-        self._queue.put_nowait(None)
+        self._events.end()
 
     @property
     def available(self) -> bool | None:
@@ -168,43 +165,20 @@ class UhfReaderClient:
 
     # --- consumer side -------------------------------------------------------------------------------------
 
-    async def events(self) -> AsyncIterator[TagRead | Availability]:
+    def events(self) -> AsyncIterator[TagRead | Availability]:
         """Tag reads and availability changes, in arrival order, until the client is closed."""
-        while True:
-            item = await self._queue.get()
-            if item is None:
-                self._queue.put_nowait(None)  # let any other iterator end too
-                return
-            yield item
+        return self._events.events()
 
-    async def reads(self) -> AsyncIterator[TagRead]:
+    def reads(self) -> AsyncIterator[TagRead]:
         """Only the tag reads of `events()`."""
-        async for item in self.events():
-            if isinstance(item, TagRead):
-                yield item
+        return self._events.reads()
 
-    def _put(self, item: TagRead | Availability) -> None:
-        if self._closed:
-            return
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
-            if isinstance(item, TagRead):
-                self.counters.dropped_reads += 1
-                if not self._overflowing:
-                    self._overflowing = True
-                    _log.warning(
-                        "uhf reader %s: consumer behind, dropping reads (queue of %d full)",
-                        self.reader_id,
-                        self._queue.maxsize,
-                    )
-                return
-            self._queue.get_nowait()  # evict the oldest read: availability must get through
-            self.counters.dropped_reads += 1
-            self._queue.put_nowait(item)
-            return
-        if self._overflowing and self._queue.qsize() < self._queue.maxsize // 2:
-            self._overflowing = False
+    def _warn_overflow(self) -> None:
+        _log.warning(
+            "uhf reader %s: consumer behind, dropping reads (queue of %d full)",
+            self.reader_id,
+            self._events.maxsize,
+        )
 
     # --- availability --------------------------------------------------------------------------------------
 
@@ -217,7 +191,7 @@ class UhfReaderClient:
             _log.info("uhf reader %s on %s online: %s", self.reader_id, self.port, reason)
         else:
             _log.warning("uhf reader %s on %s offline: %s", self.reader_id, self.port, reason)
-        self._put(Availability(self.reader_id, online=online, reason=reason, ts=time.time()))
+        self._events.put(Availability(self.reader_id, online=online, reason=reason, ts=time.time()))
 
     def _log_once(self, kind: str, message: str) -> None:
         self.counters.last_error = message
@@ -388,7 +362,7 @@ class UhfReaderClient:
                     self._logged_epcs.add(epc)
                     _log.warning("uhf reader %s: malformed EPC %s: %s", self.reader_id, epc, exc)
             c.tag_reads += 1
-            self._put(
+            self._events.put(
                 TagRead(
                     reader_id=self.reader_id,
                     epc=epc,

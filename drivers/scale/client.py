@@ -21,6 +21,9 @@ Power-cycles: an MT-SICS scale announces power-up with its serial-number line (`
 its tare. An unsolicited I4 line, or a reply after the scale was offline, makes the client send `@` (reset:
 cancels any half-received command or running SIR stream, answers the serial number) before its next command,
 counted in `resets`; `tare_lost` tells the gateway the tare must be taken again.
+
+The serial plumbing every scale protocol needs — port and backoff, bounded reply queue, garbage counting,
+availability — is `SerialScaleBase`, shared with the NCI client (`nci_client.py`); `ScaleClient` adds MT-SICS.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Final
+from typing import Final, Generic, Self, TypedDict, TypeVar, Unpack
 
 import serial_asyncio_fast
 
@@ -65,10 +69,35 @@ _RESET_IDS: Final = frozenset({"I4", "@"})
 """`@` is answered with the I4 serial-number line; some firmware (and InstrumentKit's mock) answers `@ A`."""
 
 
-class _LineProtocol(asyncio.Protocol):
+ReplyT = TypeVar("ReplyT")
+
+
+class ScaleClientOptions(TypedDict, total=False):
+    """The keyword options every scale client takes (defaults in `SerialScaleBase.__init__`)."""
+
+    on_availability: Callable[[Availability], None] | None
+    backoff_base_s: float
+    backoff_cap_s: float
+    rng: random.Random | None
+
+
+@dataclass(frozen=True, slots=True)
+class NotYetStable:
+    """One `weigh_stable` poll that answered without a stable weight.
+
+    `last` describes it for the final error; `pause` waits the poll interval before the next poll; `error`,
+    when set, is raised at the deadline if it was still the latest answer (a scale that keeps refusing).
+    """
+
+    last: str
+    pause: bool = True
+    error: ScaleCommandError | None = None
+
+
+class _LineProtocol(asyncio.Protocol, Generic[ReplyT]):
     """Glue from the serial transport's callbacks to the client (no logic of its own)."""
 
-    def __init__(self, client: ScaleClient) -> None:
+    def __init__(self, client: SerialScaleBase[ReplyT]) -> None:
         self._client = client
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -81,14 +110,14 @@ class _LineProtocol(asyncio.Protocol):
         self._client._on_lost(self, exc)
 
 
-class ScaleClient:
-    """One MT-SICS scale: `async with ScaleClient(ScaleSettings(port), "scale-1") as scale: ...`.
+class SerialScaleBase(Generic[ReplyT]):
+    """What every serial scale client shares, whatever its protocol: the port, availability, garbage, health.
 
-    Availability is state: after `settings.offline_after` consecutive unanswered requests the scale is offline
-    (one WARNING, one `on_availability` call), and the first reply after that brings it back (one INFO, one
-    call). Garbage on the line is counted per line and logged once per burst (a valid line ends the burst).
-    A missing or lost serial port raises `ScaleUnavailable`; the port is reopened on a later call, no sooner
-    than a capped, fully jittered exponential backoff allows.
+    The port is opened with pyserial-asyncio-fast on first use and reopened after a loss, no sooner than a
+    capped, fully jittered exponential backoff allows (STYLE.md rule 7); decoded replies land in a bounded
+    queue (oldest dropped and counted when full); availability is state, reported once per change (rule 8).
+    Subclasses supply the decoder (`_new_decoder`, `_decode_received`) and their protocol's commands, and
+    may react to a lost port or a return from silence (`_on_port_lost`, `_on_back_from_silence`).
     """
 
     def __init__(
@@ -106,34 +135,24 @@ class ScaleClient:
         self.settings = settings
         self.device_id = device_id
         self.counters = ScaleCounters()
-        self.serial_number: str | None = None
-        """From the last I4 / @ reply."""
-        self.tare_lost = False
-        """True after a power-cycle was noticed, until the next successful `tare()` or `clear_tare()`."""
         self._on_availability = on_availability
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = backoff_cap_s
         self._rng = rng or random.Random()  # jitter, not security
         self._lock = asyncio.Lock()
-        self._decoder = MtSicsDecoder()
-        self._replies: asyncio.Queue[MtResponse] = asyncio.Queue(maxsize=RECEIVE_QUEUE_LINES)
+        self._replies: asyncio.Queue[ReplyT] = asyncio.Queue(maxsize=RECEIVE_QUEUE_LINES)
         self._transport: asyncio.Transport | None = None
-        self._protocol: _LineProtocol | None = None
+        self._protocol: _LineProtocol[ReplyT] | None = None
         self._open_attempts = 0
         self._next_open_mono = 0.0
         self._closing = False
-        self._expect: frozenset[str] = frozenset()
-        self._needs_reset = True
-        """Reset before the first command: cancels a stream a previous process left running."""
         self._online: bool | None = None
         self._consecutive_timeouts = 0
         self._in_garbage_burst = False
-        self._late_id_until = 0.0
-        """Until then an unasked I4 line is taken for the late reply to a timed-out I4/@, not a power-up."""
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> ScaleClient:
+    async def __aenter__(self) -> Self:
         self._closing = False
         # A missing port at start is not fatal: the gateway starts and the scale reports unavailable.
         try:
@@ -164,7 +183,7 @@ class ScaleClient:
 
     @property
     def unread_lines(self) -> int:
-        """Valid lines received and not yet consumed by an exchange."""
+        """Valid replies received and not yet consumed by an exchange."""
         return self._replies.qsize()
 
     async def _ensure_open(self) -> None:
@@ -195,40 +214,48 @@ class ScaleClient:
         assert isinstance(protocol, _LineProtocol)  # noqa: S101 - our factory made it
         self._transport, self._protocol = transport, protocol
         self._open_attempts = 0
-        self._decoder = MtSicsDecoder()
+        self._new_decoder()
+
+    # --- protocol hooks ------------------------------------------------------------------------------------
+
+    def _new_decoder(self) -> None:
+        """Start decoding afresh (a newly opened port carries nothing of the old stream)."""
+        raise NotImplementedError
+
+    def _decode_received(self, data: bytes) -> None:
+        """Feed received bytes to the decoder; queue replies with `_queue_reply`, garbage to `_note_garbage`."""
+        raise NotImplementedError
+
+    def _on_port_lost(self) -> None:
+        """The port went away under us (the device may have been swapped or restarted meanwhile)."""
+
+    def _on_back_from_silence(self) -> None:
+        """The first reply after the scale was offline: it may have been power-cycled meanwhile."""
 
     # --- receive path (event-loop callbacks, synchronous) ---------------------------------------------------
 
     def _on_bytes(self, data: bytes) -> None:
-        self._decoder.feed(data)
-        while True:
-            try:
-                item = self._decoder.next_response()
-            except ProtocolError as exc:
-                self._note_garbage(exc)
-                continue
-            if item is NEED_MORE:
-                return
-            assert isinstance(item, MtResponse)  # noqa: S101 - narrowing for mypy
-            if self._in_garbage_burst:
-                self._in_garbage_burst = False
-                _log.debug("scale %s: valid lines again", self.device_id)
-            if item.cmd == "I4" and "I4" not in self._expect and time.monotonic() >= self._late_id_until:
-                self._note_power_up(item)
-                continue
-            if self._replies.full():
-                self._replies.get_nowait()
-                self.counters.dropped_lines += 1
-            self._replies.put_nowait(item)
+        self._decode_received(data)
 
-    def _on_lost(self, protocol: _LineProtocol, exc: Exception | None) -> None:
+    def _end_garbage_burst(self) -> None:
+        if self._in_garbage_burst:
+            self._in_garbage_burst = False
+            _log.debug("scale %s: valid lines again", self.device_id)
+
+    def _queue_reply(self, item: ReplyT) -> None:
+        if self._replies.full():
+            self._replies.get_nowait()
+            self.counters.dropped_lines += 1
+        self._replies.put_nowait(item)
+
+    def _on_lost(self, protocol: _LineProtocol[ReplyT], exc: Exception | None) -> None:
         if protocol is not self._protocol:
             return  # our own close
         self._transport = self._protocol = None
         if not self._closing:
             self.counters.disconnects += 1
             self.counters.last_error = f"serial port {self.settings.port} lost: {exc}"
-            self._needs_reset = True
+            self._on_port_lost()
             _log.warning("scale %s: %s", self.device_id, self.counters.last_error)
 
     def _note_garbage(self, exc: ProtocolError) -> None:
@@ -237,15 +264,6 @@ class ScaleClient:
         if not self._in_garbage_burst:
             self._in_garbage_burst = True
             _log.warning("scale %s: garbage on the line (%s); skipping to the next line", self.device_id, exc)
-
-    def _note_power_up(self, line: MtResponse) -> None:
-        self.counters.power_cycles += 1
-        self._needs_reset = True
-        self.tare_lost = True
-        serial = line.args[0] if line.args else "?"
-        _log.warning(
-            "scale %s announced a power-up (serial %s): tare lost, resetting", self.device_id, serial
-        )
 
     # --- availability --------------------------------------------------------------------------------------
 
@@ -269,11 +287,8 @@ class ScaleClient:
         c.replies += 1
         c.last_seen_mono = time.monotonic()
         self._consecutive_timeouts = 0
-        if self._online is False and not self._needs_reset:
-            # Back from silence: it may have been power-cycled without our seeing its I4 announcement.
-            self._needs_reset = True
-            c.power_cycles += 1
-            self.tare_lost = True
+        if self._online is False:
+            self._on_back_from_silence()
         self._set_available(True, "reply received")
 
     def _note_timeout(self, reason: str) -> None:
@@ -283,12 +298,181 @@ class ScaleClient:
         if self._consecutive_timeouts >= self.settings.offline_after:
             self._set_available(False, f"{self._consecutive_timeouts} requests unanswered ({reason})")
 
-    # --- exchanges -----------------------------------------------------------------------------------------
-
     def _discard_unread(self) -> None:
         while not self._replies.empty():
             self._replies.get_nowait()
             self.counters.stale_lines += 1
+
+    # --- shared exchange and polling ------------------------------------------------------------------------
+
+    def _encode(self, cmd: str) -> bytes:
+        """The bytes of one command on the wire."""
+        raise NotImplementedError
+
+    def _before_request(self) -> None:
+        """Called under the lock just before the unread replies are discarded and a request goes out."""
+
+    async def _request_locked(self, cmd: str, timeout_s: float, accept: Callable[[ReplyT], bool]) -> ReplyT:
+        """Send `cmd` and return the first reply `accept` takes (call with the lock held, port open).
+
+        `accept` returns True for this command's reply (after `_note_reply`), False for a reply of another
+        shape (counted as stale, skipped), or raises for a refusal. No reply within `timeout_s` counts
+        towards offline and raises `ScaleTimeout`.
+        """
+        transport = self._transport
+        if transport is None:
+            raise ScaleUnavailable(self.device_id, self.counters.last_error or "serial port closed")
+        self._before_request()
+        self._discard_unread()
+        self.counters.requests += 1
+        try:
+            transport.write(self._encode(cmd))
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    reply = await self._replies.get()
+                    if accept(reply):
+                        return reply
+                    self.counters.stale_lines += 1
+        except TimeoutError:
+            reason = f"no reply to {cmd} within {timeout_s:g} s"
+            self._on_request_timeout()
+            self._note_timeout(reason)
+            raise ScaleTimeout(self.device_id, reason) from None
+
+    def _on_request_timeout(self) -> None:
+        """A request went unanswered (before it is counted towards offline)."""
+
+    def _range_error(self, cmd: str, *, overload: bool) -> ScaleRangeError:
+        if overload:
+            self.counters.overloads += 1
+        else:
+            self.counters.underloads += 1
+        reason = f"{cmd}: {'overload' if overload else 'underload'}"
+        self.counters.last_error = reason
+        return ScaleRangeError(self.device_id, reason, overload=overload)
+
+    async def _pause_until(self, deadline: float) -> None:
+        """The pause between two polls, never past the deadline."""
+        pause_s = min(self.settings.poll_interval_s, deadline - asyncio.get_running_loop().time())
+        if pause_s > 0:
+            await asyncio.sleep(pause_s)
+
+    async def _poll_until_stable(
+        self, timeout_s: float | None, poll: Callable[[], Awaitable[StableWeight | NotYetStable]]
+    ) -> StableWeight:
+        """Call `poll` until it returns a stable weight or the deadline passes (the `weigh_stable` loop).
+
+        A `ScaleTimeout` from `poll` is a lost reply: retried at once. Anything else `poll` raises ends the
+        call. No poll starts after the deadline, so the call returns within `timeout_s` plus one request
+        timeout. At the deadline: the latest `NotYetStable.error` if set, `ScaleTimeout` when the scale never
+        answered, else `ScaleNotStable` (counted in `not_stable`).
+        """
+        budget_s = self.settings.stable_timeout_s if timeout_s is None else timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget_s
+        answered = False
+        last = "no reply"
+        refusal: ScaleCommandError | None = None
+        while deadline - loop.time() > 0:
+            try:
+                outcome = await poll()
+            except ScaleTimeout as exc:
+                last = exc.reason
+                continue
+            answered = True
+            if isinstance(outcome, StableWeight):
+                return outcome
+            last, refusal = outcome.last, outcome.error
+            if outcome.pause:
+                await self._pause_until(deadline)
+        if refusal is not None:
+            raise refusal
+        if not answered:
+            raise ScaleTimeout(self.device_id, f"no reply within {budget_s:g} s ({last})")
+        self.counters.not_stable += 1
+        reason = f"no stable weight within {budget_s:g} s (last: {last})"
+        self.counters.last_error = reason
+        raise ScaleNotStable(self.device_id, reason)
+
+    def _weight(self, value: float, unit: str) -> StableWeight:
+        return StableWeight(
+            self.device_id,
+            value=value,
+            unit=unit,
+            weight_g=to_grams(value, unit),
+            ts=time.time(),
+            mono=time.monotonic(),
+        )
+
+
+class ScaleClient(SerialScaleBase[MtResponse]):
+    """One MT-SICS scale: `async with ScaleClient(ScaleSettings(port), "scale-1") as scale: ...`.
+
+    Availability is state: after `settings.offline_after` consecutive unanswered requests the scale is offline
+    (one WARNING, one `on_availability` call), and the first reply after that brings it back (one INFO, one
+    call). Garbage on the line is counted per line and logged once per burst (a valid line ends the burst).
+    A missing or lost serial port raises `ScaleUnavailable`; the port is reopened on a later call, no sooner
+    than a capped, fully jittered exponential backoff allows.
+    """
+
+    def __init__(
+        self, settings: ScaleSettings, device_id: str, **options: Unpack[ScaleClientOptions]
+    ) -> None:
+        super().__init__(settings, device_id, **options)
+        self.serial_number: str | None = None
+        """From the last I4 / @ reply."""
+        self.tare_lost = False
+        """True after a power-cycle was noticed, until the next successful `tare()` or `clear_tare()`."""
+        self._decoder = MtSicsDecoder()
+        self._expect: frozenset[str] = frozenset()
+        self._expect_timeout_s = 0.0
+        self._needs_reset = True
+        """Reset before the first command: cancels a stream a previous process left running."""
+        self._late_id_until = 0.0
+        """Until then an unasked I4 line is taken for the late reply to a timed-out I4/@, not a power-up."""
+
+    # --- protocol hooks ------------------------------------------------------------------------------------
+
+    def _new_decoder(self) -> None:
+        self._decoder = MtSicsDecoder()
+
+    def _decode_received(self, data: bytes) -> None:
+        self._decoder.feed(data)
+        while True:
+            try:
+                item = self._decoder.next_response()
+            except ProtocolError as exc:
+                self._note_garbage(exc)
+                continue
+            if item is NEED_MORE:
+                return
+            assert isinstance(item, MtResponse)  # noqa: S101 - narrowing for mypy
+            self._end_garbage_burst()
+            if item.cmd == "I4" and "I4" not in self._expect and time.monotonic() >= self._late_id_until:
+                self._note_power_up(item)
+                continue
+            self._queue_reply(item)
+
+    def _on_port_lost(self) -> None:
+        self._needs_reset = True
+
+    def _on_back_from_silence(self) -> None:
+        if not self._needs_reset:
+            # Back from silence: it may have been power-cycled without our seeing its I4 announcement.
+            self._needs_reset = True
+            self.counters.power_cycles += 1
+            self.tare_lost = True
+
+    def _note_power_up(self, line: MtResponse) -> None:
+        self.counters.power_cycles += 1
+        self._needs_reset = True
+        self.tare_lost = True
+        serial = line.args[0] if line.args else "?"
+        _log.warning(
+            "scale %s announced a power-up (serial %s): tare lost, resetting", self.device_id, serial
+        )
+
+    # --- exchanges -----------------------------------------------------------------------------------------
 
     async def _exchange(self, cmd: str, expect: frozenset[str], timeout_s: float) -> MtResponse:
         """Send one command and return its reply (the only place replies are matched and counted)."""
@@ -298,31 +482,26 @@ class ScaleClient:
                 await self._reset_locked()
             return await self._exchange_locked(cmd, expect, timeout_s)
 
+    def _encode(self, cmd: str) -> bytes:
+        return encode_mtsics_command(cmd)
+
+    def _on_request_timeout(self) -> None:
+        if "I4" in self._expect:
+            self._late_id_until = time.monotonic() + 10 * self._expect_timeout_s
+
     async def _exchange_locked(self, cmd: str, expect: frozenset[str], timeout_s: float) -> MtResponse:
-        transport = self._transport
-        if transport is None:
-            raise ScaleUnavailable(self.device_id, self.counters.last_error or "serial port closed")
-        self._discard_unread()
-        self._expect = expect
-        self.counters.requests += 1
+        def accept(resp: MtResponse) -> bool:
+            if resp.error is not None:
+                self._note_reply()
+                raise self._command_error(cmd, resp.error)
+            if resp.cmd in expect:
+                self._note_reply()
+                return True
+            return False
+
+        self._expect, self._expect_timeout_s = expect, timeout_s
         try:
-            transport.write(encode_mtsics_command(cmd))
-            async with asyncio.timeout(timeout_s):
-                while True:
-                    resp = await self._replies.get()
-                    if resp.error is not None:
-                        self._note_reply()
-                        raise self._command_error(cmd, resp.error)
-                    if resp.cmd in expect:
-                        self._note_reply()
-                        return resp
-                    self.counters.stale_lines += 1
-        except TimeoutError:
-            reason = f"no reply to {cmd} within {timeout_s:g} s"
-            if "I4" in expect:
-                self._late_id_until = time.monotonic() + 10 * timeout_s
-            self._note_timeout(reason)
-            raise ScaleTimeout(self.device_id, reason) from None
+            return await self._request_locked(cmd, timeout_s, accept)
         finally:
             self._expect = frozenset()
 
@@ -347,14 +526,7 @@ class ScaleClient:
         if resp.status == "L":
             raise self._command_error(cmd, "logical")
         if resp.status in {"+", "-"}:
-            overload = resp.status == "+"
-            if overload:
-                self.counters.overloads += 1
-            else:
-                self.counters.underloads += 1
-            reason = f"{cmd}: {'overload' if overload else 'underload'}"
-            self.counters.last_error = reason
-            raise ScaleRangeError(self.device_id, reason, overload=overload)
+            raise self._range_error(cmd, overload=resp.status == "+")
 
     async def _reset_locked(self) -> None:
         resp = await self._exchange_locked("@", _RESET_IDS, self.settings.request_timeout_s)
@@ -421,48 +593,22 @@ class ScaleClient:
         when the port is gone. Lost replies and transmission errors within the deadline are retried. No poll
         starts after the deadline, so the call returns within `timeout_s` plus one request timeout.
         """
-        budget_s = self.settings.stable_timeout_s if timeout_s is None else timeout_s
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget_s
-        answered = False
-        last = "no reply"
-        while deadline - loop.time() > 0:
-            try:
-                # Always the full request timeout: a poll cut short by the deadline would count a timeout
-                # against a scale that did nothing wrong.
-                resp = await self._exchange("SI", frozenset({"S"}), self.settings.request_timeout_s)
-            except ScaleTimeout as exc:
-                last = exc.reason
-                continue
-            except ScaleCommandError as exc:
-                if exc.kind != "transmission":
-                    raise
-                answered, last = True, exc.reason
-                continue
-            answered = True
-            if resp.stable is True and resp.value is not None and resp.unit is not None:
-                return self._weight(resp.value, resp.unit)
-            if resp.status not in {"D", "I"}:  # D (dynamic) and I (busy) keep polling; + - L raise
-                self._check_status("SI", resp)
-            if resp.status == "D":
-                self.counters.dynamic_replies += 1
-            last = "dynamic (in motion)" if resp.status == "D" else f"status {resp.status}"
-            pause_s = min(self.settings.poll_interval_s, deadline - loop.time())
-            if pause_s > 0:
-                await asyncio.sleep(pause_s)
-        if not answered:
-            raise ScaleTimeout(self.device_id, f"no reply within {budget_s:g} s ({last})")
-        self.counters.not_stable += 1
-        reason = f"no stable weight within {budget_s:g} s (last: {last})"
-        self.counters.last_error = reason
-        raise ScaleNotStable(self.device_id, reason)
+        return await self._poll_until_stable(timeout_s, self._poll_si)
 
-    def _weight(self, value: float, unit: str) -> StableWeight:
-        return StableWeight(
-            self.device_id,
-            value=value,
-            unit=unit,
-            weight_g=to_grams(value, unit),
-            ts=time.time(),
-            mono=time.monotonic(),
-        )
+    async def _poll_si(self) -> StableWeight | NotYetStable:
+        """One `SI` poll of `weigh_stable`."""
+        try:
+            # Always the full request timeout: a poll cut short by the deadline would count a timeout
+            # against a scale that did nothing wrong.
+            resp = await self._exchange("SI", frozenset({"S"}), self.settings.request_timeout_s)
+        except ScaleCommandError as exc:
+            if exc.kind != "transmission":
+                raise
+            return NotYetStable(exc.reason, pause=False)
+        if resp.stable is True and resp.value is not None and resp.unit is not None:
+            return self._weight(resp.value, resp.unit)
+        if resp.status not in {"D", "I"}:  # D (dynamic) and I (busy) keep polling; + - L raise
+            self._check_status("SI", resp)
+        if resp.status == "D":
+            self.counters.dynamic_replies += 1
+        return NotYetStable("dynamic (in motion)" if resp.status == "D" else f"status {resp.status}")

@@ -7,15 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from drivers.rfid.epc import Sgtin96, parse_epc
 from edge.config import load_config
 from firmware_sims.layout import (
+    SimBleSensor,
     SimLayout,
+    SimScale,
     SimTransmitter,
     layout_from_json,
     layout_to_json,
+    sgtin_tags,
 )
 from firmware_sims.runner import build_shelves
-from firmware_sims.scenario import ScriptedScenario, ScriptStep, StoreScenario
+from firmware_sims.scenario import DeviceAction, DeviceScenario, ScriptedScenario, ScriptStep, StoreScenario
 from firmware_sims.testing import WT_FLOAT32_CDAB, WT_INT32_ABCD, small_layout
 from shelfgate.demo import layout_from_config
 
@@ -112,7 +116,7 @@ def test_same_seed_same_store_run() -> None:
 def test_demo_defaults_go_low_within_30_s_and_restock_soon_after() -> None:
     for seed in range(5):
         layout = demo_layout(seed=seed)
-        assert len(layout.bins) == 44
+        assert len(layout.bins) == 46  # 44 on transmitters, 2 on BLE shelf sensors
         safety = {b.bin_id: b.safety_stock for b in layout.bins}
         scenario = StoreScenario(layout, build_shelves(layout))
         scenario.advance(60.0)
@@ -150,3 +154,71 @@ def test_a_pick_by_hand_also_calls_the_staff() -> None:
     assert scenario.restocks_pending == {"R3": 6.0}
     assert scenario.advance(10.0) == [(6.0, "R3", 9, 12)]
     assert scenario.true_counts["R3"] == 12
+
+
+def test_demo_layout_has_every_device_family() -> None:
+    layout = demo_layout()
+    assert [(s.device_id, s.protocol, s.lane) for s in layout.scales] == [("scale-lane1", "mtsics", "lane1")]
+    assert {s.role for s in layout.scanners} == {"lane", "handheld"}
+    kinds = {r.zone_kind: r for r in layout.rfid_readers}
+    assert len(kinds["shelf"].tags) == 9
+    assert kinds["exit"].tags == ()
+    tags = [parse_epc(t) for t in kinds["shelf"].tags]
+    skus = {b.sku for b in load_config(ROOT / "config" / "demo-store.yaml").store.bins}
+    assert all(isinstance(t, Sgtin96) and t.gtin in skus for t in tags), "shelf tags are the store's products"
+    assert sorted(s.keyed for s in layout.ble_sensors) == [False, True]
+    assert {b.device_id for b in layout.bins} >= {s.device_id for s in layout.ble_sensors}
+    assert any(c.member for c in layout.codes)
+    assert any(c.symbology == "]d2" for c in layout.codes)
+
+
+def test_sgtin_tags_encode_the_gtin_with_the_drivers_codec() -> None:
+    (epc,) = sgtin_tags("06901234567892", (7,))
+    tag = parse_epc(epc)
+    assert isinstance(tag, Sgtin96)
+    assert (tag.gtin, tag.serial, tag.filter) == ("06901234567892", 7, 1)
+    with pytest.raises(ValueError, match="GTIN-14"):
+        sgtin_tags("123", (1,))
+
+
+def test_layout_binds_bins_to_ble_sensors_within_their_channels() -> None:
+    base = small_layout()
+    sensor = SimBleSensor("ble1", "A4:C1:38:00:00:01", channels=2)
+    ble_bin = dataclasses.replace(base.bins[0], bin_id="E1", device_id="ble1", channel=1)
+    layout = dataclasses.replace(base, ble_sensors=(sensor,), bins=(*base.bins, ble_bin))
+    assert layout.bins_on("ble1") == (ble_bin,)
+    with pytest.raises(ValueError, match=r"channel 2 outside 0\.\.1"):
+        dataclasses.replace(layout, bins=(*base.bins, dataclasses.replace(ble_bin, channel=2)))
+    with pytest.raises(ValueError, match="duplicate device id"):
+        dataclasses.replace(layout, scales=(SimScale("ble1"),))
+
+
+def test_device_scenario_checkouts_weighings_and_tag_walks_are_reproducible() -> None:
+    def run(seed: int) -> list[DeviceAction]:
+        scenario = DeviceScenario(demo_layout(seed), checkout_every_s=15.0, tag_walk_every_s=20.0)
+        scenario.advance(600.0)
+        return scenario.log
+
+    log = run(2)
+    assert log == run(2)
+    assert log != run(3)
+    codes = {c.data: c for c in demo_layout().codes}
+    lane_scans = [a for a in log if a.device_id == "scan-lane1"]
+    assert any(codes[a.code].member for a in lane_scans)
+    assert sum(not codes[a.code].member for a in lane_scans) > sum(codes[a.code].member for a in lane_scans)
+    assert any(a.device_id == "scan-handheld1" for a in log)
+    loads = [a for a in log if a.action == "load"]
+    unloads = [a for a in log if a.action == "unload"]
+    assert loads
+    assert all(150.0 <= a.grams <= 1500.0 for a in loads)
+    assert [a.t + 4.0 for a in loads][: len(unloads)] == [a.t for a in unloads]
+    # Every tag that walked out came through the exit zone and went back to its shelf.
+    outs = [a for a in log if a.action == "tag_out" and a.device_id == "rfid-shelf-e"]
+    assert outs
+    for out in outs:
+        through_exit = [
+            a.action for a in log if a.epc == out.epc and a.device_id == "rfid-exit" and a.t >= out.t
+        ]
+        assert through_exit[:2] == ["tag_in", "tag_out"]
+    assert all(a.t <= 600.0 for a in log)
+    assert [a.t for a in log] == sorted(a.t for a in log)

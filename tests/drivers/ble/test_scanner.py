@@ -315,6 +315,8 @@ async def test_bleak_source_queue_drops_oldest_when_consumer_stalls(
 async def test_keys_never_appear_in_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Everything that touches a key, at DEBUG for every logger (bthome-ble's included)."""
     caplog.set_level(logging.DEBUG)
+    # Explicitly: `shelfgate` commands run by other tests (setup_logging) leave bthome-ble's logger at CRITICAL.
+    caplog.set_level(logging.DEBUG, logger=BTHOME_LOGGER)
     path = tmp_path / "ble-keys.yaml"
     path.write_text(f'"{SHELF_A}": "{KEY.hex()}"\n"{SHELF_B}": "{OTHER_KEY.hex()}"\n', encoding="utf-8")
     path.chmod(0o644)
