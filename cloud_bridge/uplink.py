@@ -24,14 +24,25 @@ Why it is shaped like this (ARCHITECTURE.md, "The bridge and its contract"; STYL
 MQTT 3.1.1 is used on purpose: its PUBACK carries no reason code, so a PUBACK is always "stored". The broker
 ACL must therefore let the store write under its own root — Mosquitto acknowledges and silently drops a
 3.1.1 publish the ACL denies.
+
+**Command intake never trusts the payload** (`parse_command`). A `cmd/{name}` message is refused, with the
+reason, unless it is at most `MAX_COMMAND_BYTES`, UTF-8, I-JSON (RFC 7493: no lone surrogates, no duplicate
+member names; plus no NaN/Infinity, which RFC 8259 §6 does not allow), nested at most `MAX_COMMAND_DEPTH`
+deep, and a valid `Command`. A refused command whose `id` can be read is answered on `cmd-result` with
+``ok: false`` and the reason; one without a usable id is counted and logged (WARNING once, then DEBUG),
+because there is no one to answer. Every message yields at most one result, and nothing in a payload can
+end the uplink: a result that cannot be serialised is replaced by an error result for the same id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import math
 import os
+import re
 import resource
 import shutil
 import ssl
@@ -41,11 +52,12 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal, NoReturn
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
 
 from cloud_bridge.aio import reraise_swallowed_cancel
 from cloud_bridge.backoff import Backoff
@@ -91,6 +103,18 @@ _COMMAND_RESULTS_REMEMBERED: Final = 256
 _MAX_QUEUED_COMMANDS: Final = 1000
 """Bound of aiomqtt's incoming queue. Overflow policy: aiomqtt drops the message with a warning; the hub
 sees no `cmd-result` and retries the command."""
+
+MAX_COMMAND_BYTES: Final = 256 * 1024
+"""Largest `cmd/{name}` payload taken. Today's commands are well under 1 KiB and a whole store config as
+JSON is tens of KiB; anything bigger is refused before it is parsed, so a hostile or broken publisher cannot
+make the gateway spend memory and CPU on it."""
+MAX_COMMAND_DEPTH: Final = 64
+"""Deepest JSON nesting taken in a command (objects and arrays). Real arguments nest a few levels; a cap
+keeps handlers that walk `args` recursively safe from stack exhaustion."""
+_ID_PREFIX_BYTES: Final = 1024
+"""An oversized payload is not parsed; its id is read only from a leading ``{"id": "…"`` within this many
+bytes (the order the hub's pydantic serialisation writes), so the hub still learns why it was refused."""
+_LEADING_ID: Final = re.compile(rb'\A\s*\{\s*"id"\s*:\s*"([^"\\\x00-\x1f]{1,128})"')
 
 _REFUSED_CONNACK_CODES: Final = frozenset({1, 2, 4, 5, 0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C})
 """CONNACK refusals that mean misconfiguration (protocol version, client id, credentials, not authorised,
@@ -166,17 +190,101 @@ def _validation_reason(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}{more}"
 
 
-def _recover_command_id(payload: bytes) -> str | None:
-    """The `id` of a command that failed validation, if the payload is a JSON object with a usable id."""
+class CommandRefusedError(ValueError):
+    """A `cmd/{name}` payload that is not a valid command; `command_id` is its id when one could be read."""
+
+    def __init__(self, reason: str, command_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.command_id = command_id
+
+
+def _utf8_ok(text: str) -> bool:
+    """False for a string holding a lone surrogate (``"\\ud800"`` decodes to one): it cannot be UTF-8."""
     try:
-        doc = json.loads(payload)
-    except (ValueError, RecursionError):
-        return None
-    if isinstance(doc, dict):
-        command_id = doc.get("id")
-        if isinstance(command_id, str) and 0 < len(command_id) <= 128:
-            return command_id
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _usable_id(value: object) -> str | None:
+    """`value` if it can be echoed as a `CommandResult.id` (a string of 1–128 characters, valid UTF-8)."""
+    if isinstance(value, str) and 0 < len(value) <= 128 and _utf8_ok(value):
+        return value
     return None
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON (RFC 8259 §6)")
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook` refusing duplicate names (RFC 7493 §2.3): readers disagree which one wins."""
+    doc: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in doc:
+            raise ValueError(f"duplicate member name {name[:40]!r} (RFC 7493 §2.3)")
+        doc[name] = value
+    return doc
+
+
+def _check_tree(doc: object) -> None:
+    """Depth ≤ MAX_COMMAND_DEPTH and no lone surrogate in any name or string; iterative, so never recursive."""
+    stack: list[tuple[object, int]] = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            if not _utf8_ok(node):
+                raise ValueError(
+                    "a string holds a lone UTF-16 surrogate, which is not Unicode (RFC 7493 §2.1)"
+                )
+            continue
+        if isinstance(node, float) and not math.isfinite(node):
+            # json.loads turns an out-of-range number such as 1e999 into inf (RFC 7493 §2.2: not I-JSON).
+            raise ValueError("a number is out of the range of an IEEE 754 double (RFC 7493 §2.2)")
+        if not isinstance(node, dict | list):
+            continue
+        if depth > MAX_COMMAND_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_COMMAND_DEPTH} levels")
+        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children)
+
+
+def parse_command(payload: bytes) -> Command:
+    """The `Command` in a `cmd/{name}` payload, or `CommandRefusedError` saying why not (never another error).
+
+    Checks, in order: size, UTF-8, strict JSON, depth and Unicode, then the `Command` schema; the module
+    docstring says why each one.
+    """
+    if len(payload) > MAX_COMMAND_BYTES:
+        found = _LEADING_ID.match(payload[:_ID_PREFIX_BYTES])
+        command_id = None
+        if found is not None:
+            with contextlib.suppress(UnicodeDecodeError):
+                command_id = _usable_id(found.group(1).decode("utf-8"))
+        raise CommandRefusedError(
+            f"payload of {len(payload)} bytes exceeds the limit of {MAX_COMMAND_BYTES} bytes", command_id
+        )
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CommandRefusedError(f"payload is not UTF-8 (byte {exc.start})") from None
+    try:
+        doc = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_members)
+    except RecursionError:
+        raise CommandRefusedError(f"invalid JSON: nested deeper than {MAX_COMMAND_DEPTH} levels") from None
+    except ValueError as exc:
+        raise CommandRefusedError(f"invalid JSON: {exc}") from None
+    command_id = _usable_id(doc.get("id")) if isinstance(doc, dict) else None
+    try:
+        _check_tree(doc)
+    except ValueError as exc:
+        raise CommandRefusedError(f"invalid JSON: {exc}", command_id) from None
+    try:
+        return Command.model_validate(doc)
+    except ValidationError as exc:
+        raise CommandRefusedError(_validation_reason(exc), command_id) from None
 
 
 def _is_refusal(exc: BaseException) -> bool:
@@ -637,10 +745,7 @@ class Uplink:
             result = await self._handle_command(message.topic.value, message.payload, retained=message.retain)
             if result is not None:
                 await client.publish(
-                    self._cmd_result_topic,
-                    result.model_dump_json(exclude_none=True).encode(),
-                    qos=1,
-                    timeout=self._publish_timeout_s,
+                    self._cmd_result_topic, _result_payload(result), qos=1, timeout=self._publish_timeout_s
                 )
                 reraise_swallowed_cancel()
 
@@ -654,16 +759,15 @@ class Uplink:
             self._drop_command(name, "retained commands are not accepted")
             return None
         try:
-            command = Command.model_validate_json(payload)
-        except ValidationError as exc:
-            reason = _validation_reason(exc)
-            command_id = _recover_command_id(payload)
-            if command_id is None:
-                self._drop_command(name, reason)
+            command = parse_command(payload)
+        except CommandRefusedError as exc:
+            if exc.command_id is None:
+                self._drop_command(name, exc.reason)
                 return None
             self.commands_rejected += 1
-            log.info("uplink: rejected command %s id=%s: %s", name, command_id, reason)
-            return CommandResult(id=command_id, ok=False, error=f"invalid command: {reason}")
+            # %r: the name and id come from the network; a newline in them must not forge a log line.
+            log.info("uplink: rejected command %r id=%r: %s", name, exc.command_id, exc.reason)
+            return CommandResult(id=exc.command_id, ok=False, error=f"invalid command: {exc.reason}")
         cached = self._recent_results.get(command.id)
         if cached is not None:
             log.debug("uplink: command id=%s redelivered; re-sending its result", command.id)
@@ -707,9 +811,25 @@ class Uplink:
         )
 
 
+def _result_payload(result: CommandResult) -> bytes:
+    """The wire form of a result; a handler's result that cannot be JSON becomes an error for the same id.
+
+    The id always serialises: `parse_command` refuses ids that are not valid UTF-8.
+    """
+    try:
+        return result.model_dump_json(exclude_none=True).encode()
+    except PydanticSerializationError as exc:
+        log.error("uplink: result of command id=%r is not serialisable: %s", result.id, exc)  # noqa: TRY400
+        fallback = CommandResult(id=result.id, ok=False, error="the command's result could not be serialised")
+        return fallback.model_dump_json(exclude_none=True).encode()
+
+
 __all__ = [
+    "MAX_COMMAND_BYTES",
+    "MAX_COMMAND_DEPTH",
     "TRANSIENT_ERRORS",
     "CommandHandler",
+    "CommandRefusedError",
     "HeartbeatProvider",
     "HostSample",
     "InvalidRowError",
@@ -718,5 +838,6 @@ __all__ = [
     "build_batch",
     "event_from_row",
     "event_id",
+    "parse_command",
     "read_host_sample",
 ]

@@ -84,6 +84,10 @@ class Collector:
                 await asyncio.sleep(0.05)
             finally:
                 client._client._sock_close()  # aiomqtt leaves a socket open after a CONNACK timeout
+                # …and nobody retrieves the disconnect future's exception ("Future exception was never retrieved").
+                disconnected = client._disconnected
+                if disconnected.done() and not disconnected.cancelled():
+                    disconnected.exception()
 
     def batches(self) -> list[EventBatch]:
         """Every message parsed as an EventBatch (fails the test on an invalid one)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cloud_bridge.contract import EventBatch, EventType
+from cloud_bridge.contract import EventBatch, EventType, StockChanged
 from cloud_bridge.outbox import OutboxRow
 from cloud_bridge.uplink import InvalidRowError, build_batch, event_id
 from tests.cloud_bridge.memory_outbox import stock_changed
@@ -24,7 +24,7 @@ def test_contiguous_rows_make_one_batch_that_round_trips() -> None:
     wire = batch.to_json()
     assert b'"schema":"shelfgate.events/1"' in wire
     assert EventBatch.model_validate_json(wire) == batch
-    assert batch.events[0].typed_data().count == 5
+    assert batch.events[0].data_as(StockChanged).count == 5
 
 
 def test_a_hole_in_seq_ends_the_batch() -> None:

@@ -19,6 +19,7 @@ from cloud_bridge.contract import (
     EventBatch,
     Heartbeat,
     Status,
+    StockChanged,
     command_result_topic,
     command_topic,
     events_topic,
@@ -100,7 +101,7 @@ async def test_events_arrive_in_seq_order_and_rows_go_only_after_their_batch(mos
     assert outbox.acks == [b.last_seq for b in batches]
     assert (uplink.published_events, uplink.published_batches) == (460, len(batches))
     assert uplink.last_published_seq == 460
-    assert batches[0].events[0].typed_data().count == 1
+    assert batches[0].events[0].data_as(StockChanged).count == 1
 
 
 async def test_a_hole_and_an_undeliverable_row_do_not_stall_the_drain(mosquitto: Mosquitto) -> None:
