@@ -1,23 +1,34 @@
-"""The HQ API (FastAPI): health, fleet, and per-store stock and alerts, read from the hub database.
+"""The HQ API (FastAPI): health, fleet, and per-store stock and alerts, read from the hub database; the HQ
+dashboard at /hq (`hub/web/`).
 
 Ages and staleness are computed at request time from the hub's own receive times, so a gateway with a wrong
 clock can never look fresh; a store is stale after `stale_after_heartbeats × heartbeat_s` without a heartbeat.
+Fleet health and HQ alerts (`/api/fleet`, `/api/stores/{id}`, `/api/hq-alerts`) are `hub.fleet`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict
 
-from cloud_bridge.contract import rfc3339
 from hub.config import HubConfig
 from hub.db import HubDB
+from hub.fleet import FleetMonitor, ListeningSince, fleet_entry, fleet_router
 from hub.ingest import Ingest
-from hub.models import AlertItem, FleetEntry, QuarantineItem, StockItem, StoreRecord
+from hub.metrics import install_api_metrics, metrics_router
+from hub.models import AlertItem, FleetEntry, QuarantineItem, StockItem
+from hub.sales import SalesSettings, configure
+from hub.sales_api import sales_router
+
+__all__ = ["Health", "create_app", "fleet_entry"]  # fleet_entry lives in hub.fleet; kept importable here
 
 
 class Health(BaseModel):
@@ -31,35 +42,29 @@ class Health(BaseModel):
     counters: dict[str, int]
 
 
-def fleet_entry(record: StoreRecord, *, now: float, stale_after_s: float) -> FleetEntry:
-    """Derive the fleet view of one store at time `now` (epoch seconds)."""
-    age_s = None if record.last_heartbeat_at is None else max(0.0, now - record.last_heartbeat_at)
-    return FleetEntry(
-        store_id=record.store_id,
-        gateway_id=record.gateway_id,
-        online=record.online,
-        status_ts=record.status_ts,
-        last_heartbeat_at=None if record.last_heartbeat_at is None else rfc3339(record.last_heartbeat_at),
-        heartbeat_age_s=None if age_s is None else round(age_s, 3),
-        stale=age_s is None or age_s > stale_after_s,
-        outbox_depth=record.outbox_depth,
-        outbox_oldest_age_s=record.outbox_oldest_age_s,
-        last_seq=record.last_seq,
-        received_seq=record.received_seq,
-        contiguous_seq=record.contiguous_seq,
-        missing_ranges=list(record.missing_ranges),
-        version=record.version,
-        config_version=record.config_version,
-        devices_offline=record.devices_offline,
-        active_alerts=record.active_alerts,
-    )
+WEB_DIR = Path(__file__).resolve().parent / "web"
+"""The HQ dashboard: plain HTML/JS/CSS, no build step, no CDN (served at /hq)."""
 
 
 def create_app(
-    db: HubDB, config: HubConfig, *, ingest: Ingest | None = None, clock: Callable[[], float] = time.time
+    db: HubDB,
+    config: HubConfig,
+    *,
+    ingest: Ingest | None = None,
+    clock: Callable[[], float] = time.time,
+    fleet: FleetMonitor | None = None,
 ) -> FastAPI:
-    """Build the app over an open `HubDB`; the caller owns the DB and the ingest worker (no lifespan here)."""
+    """Build the app over an open `HubDB`; the caller owns the DB and the ingest worker (no lifespan here).
+    `fleet` is the worker's monitor (the service runs its evaluator); without one the app makes its own."""
     app = FastAPI(title=f"shelfgate hub {config.hub_id}", version="1")
+    if fleet is None:
+        fleet = FleetMonitor(
+            db,
+            config,
+            clock=clock,
+            listening_since=None if ingest is None else ListeningSince(lambda: ingest.connected, clock),
+        )
+    monitor = fleet
 
     async def known_store(store_id: str) -> None:
         if await db.store(store_id) is None:
@@ -77,9 +82,10 @@ def create_app(
         )
 
     @app.get("/api/fleet")
-    async def fleet() -> list[FleetEntry]:
-        now = clock()
-        return [fleet_entry(r, now=now, stale_after_s=config.stale_after_s) for r in await db.stores()]
+    async def fleet_view() -> list[FleetEntry]:
+        return await monitor.fleet()
+
+    app.include_router(fleet_router(monitor))
 
     @app.get("/api/stores/{store_id}/stock")
     async def stock(store_id: str) -> list[StockItem]:
@@ -100,4 +106,20 @@ def create_app(
     async def quarantine(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[QuarantineItem]:
         return await db.quarantined(limit)
 
+    # Sales, members and points (docs/hub-api.md). The sale effects of this process apply the same rules.
+    configure(SalesSettings.from_config(config))
+    app.include_router(sales_router(db, config, clock=clock, known_store=known_store))
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/hq")
+
+    @app.get("/hq", include_in_schema=False)
+    async def hq() -> FileResponse:
+        return FileResponse(WEB_DIR / "hq.html", media_type="text/html; charset=utf-8")
+
+    app.mount("/hq/static", StaticFiles(directory=WEB_DIR), name="hq-static")
+    metrics_registry = CollectorRegistry()
+    install_api_metrics(app, metrics_registry)
+    app.include_router(metrics_router(db, config, metrics_registry, ingest=ingest, clock=clock))
     return app

@@ -7,11 +7,17 @@ beyond the pydantic schema (docs/wire-contract.md, ARCHITECTURE.md "The bridge a
 - the store id in the payload must equal the one in the topic (a store writes only under its own root);
 - a batch carries exactly ``last_seq - first_seq + 1`` events with seqs first_seq, first_seq+1, … in order;
 - each event id is ``{gateway_id}:{seq}`` (the hub's idempotency key must match the seq it is filed under);
-- every timestamp is RFC 3339 with an offset (a naive time cannot be ordered across stores).
+- every timestamp is RFC 3339 with an offset (a naive time cannot be ordered across stores);
+- no string holds U+0000: PostgreSQL text cannot store it, and both engines must accept the same input.
+
+Event data is validated generically (`Event.typed_data()` and the contract's `EVENT_DATA_MODELS`), so an
+event type added to the contract is accepted here without a change; what the hub does with it is
+`hub.db.EFFECTS`.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, TypeVar
@@ -24,7 +30,6 @@ from cloud_bridge.contract import (
     EventBatch,
     Heartbeat,
     Status,
-    StockChanged,
     store_id_from_topic,
 )
 
@@ -32,6 +37,9 @@ M = TypeVar("M", bound=BaseModel)
 
 MAX_PAYLOAD_BYTES: Final = 4 * 1024 * 1024
 """Larger payloads are rejected before parsing; a gateway batches far below this."""
+
+_ESCAPED_NUL: Final = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+"""A JSON ``\\u0000`` escape (an odd run of backslashes before ``u0000``; an escaped backslash is not one)."""
 
 
 class PayloadRejected(ValueError):
@@ -54,7 +62,8 @@ class BatchMessage:
 
     store_id: str
     batch: EventBatch
-    data: tuple[StockChanged | AlertData, ...]
+    data: tuple[BaseModel, ...]
+    """`events[i].typed_data()`, one per event: StockChanged, AlertData, or any later contract type."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +122,7 @@ def check_timestamp(value: str, where: str) -> datetime:
     return parsed
 
 
-def _check_batch(store_id: str, batch: EventBatch) -> tuple[StockChanged | AlertData, ...]:
+def _check_batch(store_id: str, batch: EventBatch) -> tuple[BaseModel, ...]:
     if batch.store_id != store_id:
         raise PayloadRejected(
             "store-mismatch", f"payload store_id {batch.store_id!r} ≠ topic store {store_id!r}"
@@ -125,7 +134,7 @@ def _check_batch(store_id: str, batch: EventBatch) -> tuple[StockChanged | Alert
             f"first_seq={batch.first_seq} last_seq={batch.last_seq} promise {expected_count} events,"
             f" the batch has {len(batch.events)}",
         )
-    typed: list[StockChanged | AlertData] = []
+    typed: list[BaseModel] = []
     for index, event in enumerate(batch.events):
         expected_seq = batch.first_seq + index
         if event.seq != expected_seq:
@@ -158,6 +167,8 @@ def parse_message(topic: str, payload: bytes) -> Parsed:
         raise PayloadRejected("empty", f"zero-length payload on {leaf}")
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise PayloadRejected("too-large", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    if _ESCAPED_NUL.search(payload):
+        raise PayloadRejected("nul-char", "a string holds U+0000, which the hub database cannot store")
     if leaf == "events":
         batch = _validate(EventBatch, payload, "batch")
         return BatchMessage(store_id, batch, _check_batch(store_id, batch))

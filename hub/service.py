@@ -1,4 +1,8 @@
-"""The hub process root (STYLE.md rule 13): one event loop, one TaskGroup with the ingest worker and the API.
+"""The hub process root (STYLE.md rule 13): one event loop, one TaskGroup with the ingest worker, the API and
+the fleet evaluator (`hub.fleet`: HQ alerts every `fleet.evaluate_every_s`).
+
+One process is one worker; run several (each with its own `hub_id`, the same `ingest.share_group` and the
+same `database`) to scale out — see `hub.ingest` and docs/hub-storage.md.
 
 uvicorn runs inside our loop as a task. Its own signal capture is disabled (`_EmbeddedServer`), because
 the process root — `main()` here, or whoever awaits `run_hub` — owns SIGINT/SIGTERM and stops the hub by
@@ -21,10 +25,12 @@ from collections.abc import Generator, Sequence
 from pathlib import Path
 
 import uvicorn
+from sqlalchemy.exc import SQLAlchemyError
 
 from hub.api import create_app
-from hub.config import HubConfig, HubConfigError, load_hub_config
+from hub.config import HubConfig, HubConfigError, load_hub_config, redacted
 from hub.db import HubDB, HubDBError
+from hub.fleet import FleetMonitor, ListeningSince
 from hub.ingest import Ingest
 
 log = logging.getLogger(__name__)
@@ -43,12 +49,22 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 def _bind(host: str, port: int) -> socket.socket:
+    # Not socket.create_server: it makes the socket with protocol number 0, and asyncio sets TCP_NODELAY only
+    # on sockets whose proto is IPPROTO_TCP — every answer then waited for a delayed ACK (~45 ms per request).
+    sock: socket.socket | None = None
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        family = infos[0][0]
-        return socket.create_server((host, port), family=family, backlog=128)
+        family, type_, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        )[0]
+        sock = socket.socket(family, type_, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
     except OSError as exc:
+        if sock is not None:
+            sock.close()
         raise HubStartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return sock
 
 
 async def _serve_api(server: uvicorn.Server, sock: socket.socket) -> None:
@@ -72,29 +88,36 @@ async def run_hub(
     """
     async with contextlib.AsyncExitStack() as stack:
         try:
-            db = await stack.enter_async_context(HubDB(config.database))
+            db = await stack.enter_async_context(HubDB(config.database, pool_size=config.database_pool_size))
         except HubDBError as exc:
             raise HubStartError(str(exc)) from exc
         sock = _bind(config.api.host, config.api.port)
         stack.callback(sock.close)
         host, port = sock.getsockname()[:2]
         ingest = Ingest(config, db)
-        app = create_app(db, config, ingest=ingest)
+        fleet = FleetMonitor(db, config, listening_since=ListeningSince(lambda: ingest.connected))
+        try:
+            await fleet.ensure_schema()
+        except (HubDBError, SQLAlchemyError) as exc:
+            raise HubStartError(f"cannot prepare the fleet tables: {exc}") from exc
+        app = create_app(db, config, ingest=ingest, fleet=fleet)
         server = _EmbeddedServer(
             uvicorn.Config(app, host=host, port=port, lifespan="off", log_config=None, access_log=False)
         )
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(ingest.run(), name=f"hub[{config.hub_id}].ingest")
             tasks.create_task(_serve_api(server, sock), name=f"hub[{config.hub_id}].api")
+            tasks.create_task(fleet.run(), name=f"hub[{config.hub_id}].fleet")
             url_host = f"[{host}]" if ":" in host else host
             log.info(
-                "hub %s serving http://%s:%d (database %s, broker %s:%d)",
+                "hub %s serving http://%s:%d (database %s, broker %s:%d, shared group %s)",
                 config.hub_id,
                 url_host,
                 port,
-                config.database,
+                redacted(config.database),
                 config.broker.host,
                 config.broker.port,
+                config.ingest.share_group or "none",
             )
             if api_port_out is not None:
                 api_port_out.append(port)

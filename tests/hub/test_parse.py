@@ -112,4 +112,20 @@ def test_random_bytes_are_only_ever_refused(payload: bytes, leaf: str) -> None:
         code = exc.code
     else:
         code = "parsed"
-    assert code in {"bad-json", "schema", "empty", "parsed"}
+    assert code in {"bad-json", "schema", "empty", "nul-char", "parsed"}
+
+
+def test_a_nul_in_any_string_is_refused_but_an_escaped_backslash_is_not() -> None:
+    """PostgreSQL text cannot hold U+0000; both engines must take the same input, so parse refuses it."""
+    data = batch_dict("s1", GW, [stock_event(GW, 1, "A01", 5)])
+    data["events"][0]["data"]["bin_id"] = "A\x0001"
+    rejected = _reject(events_topic("s1"), json.dumps(data).encode())
+    assert rejected.code == "nul-char"
+    status_payload = json.loads(status(GW, "online"))
+    status_payload["version"] = "0.1\x00"
+    assert _reject(status_topic("s1"), json.dumps(status_payload).encode()).code == "nul-char"
+    data["events"][0]["data"]["bin_id"] = "A\\u0000"  # the text backslash-u-0-0-0-0, not a NUL
+    parsed = parse_message(events_topic("s1"), json.dumps(data).encode())
+    assert isinstance(parsed, BatchMessage)
+    assert isinstance(parsed.data[0], StockChanged)
+    assert parsed.data[0].bin_id == "A\\u0000"

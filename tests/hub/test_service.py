@@ -1,4 +1,4 @@
-"""The whole hub against a real Mosquitto, a real SQLite file and the real uvicorn port.
+"""The whole hub against a real Mosquitto, a real database (SQLite file and PostgreSQL) and the real uvicorn port.
 
 A fake gateway publishes hand-built contract payloads exactly as the uplink does (QoS 1, status retained);
 the assertions read the HQ API over HTTP. Waiting is by polling the API with a generous ceiling that only
@@ -12,7 +12,6 @@ import contextlib
 import json
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,7 +24,8 @@ import httpx
 import pytest
 
 from cloud_bridge.contract import AlertState, events_topic, health_topic, status_topic
-from hub.config import ApiConfig, BrokerConfig, HubConfig
+from hub.config import ApiConfig, BrokerConfig, HubConfig, sqlite_file
+from hub.db import HubDB
 from hub.service import main, run_hub
 from shelfgate.broker import Mosquitto
 from tests.hub.fakes import alert_event, batch, batch_dict, connect_with_will, heartbeat, status, stock_event
@@ -59,23 +59,23 @@ class RunningHub:
         assert await check(), what
 
     async def wait_messages(self, count: int) -> None:
+        # `handled`, not `messages`: the latter moves on arrival, before the apply commits — reading the API
+        # right after it raced the commit (seen on PostgreSQL, where the apply is slower).
         async def done() -> bool:
-            return (await self.counters())["messages"] >= count
+            return (await self.counters())["handled"] >= count
 
         await self.wait_for(f"{count} messages handled", done)
 
-    def events_rows(self) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(self.config.database)
-        try:
-            return conn.execute("SELECT id, seq FROM events ORDER BY seq").fetchall()
-        finally:
-            conn.close()
+    async def events_rows(self) -> list[tuple[Any, ...]]:
+        """Read the hub's own database through a second connection, as an operator would."""
+        async with HubDB(self.config.database) as db:
+            return await db.query("SELECT id, seq FROM events ORDER BY seq")
 
 
-def _config(tmp_path: Path, broker: Mosquitto) -> HubConfig:
+def _config(db_url: str, broker: Mosquitto) -> HubConfig:
     return HubConfig(
         hub_id="test-hq",
-        database=tmp_path / "hub" / "hub.sqlite3",
+        database=db_url,
         broker=BrokerConfig(host=broker.host, port=broker.port, keepalive_s=10, reconnect_max_s=0.5),
         api=ApiConfig(host="127.0.0.1", port=0),
         heartbeat_s=0.2,
@@ -110,8 +110,8 @@ async def _running(config: HubConfig) -> AsyncIterator[RunningHub]:
 
 
 @pytest.fixture
-async def hub(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[RunningHub]:
-    async with _running(_config(tmp_path, mosquitto)) as running:
+async def hub(db_url: str, mosquitto: Mosquitto) -> AsyncIterator[RunningHub]:
+    async with _running(_config(db_url, mosquitto)) as running:
         yield running
 
 
@@ -174,7 +174,7 @@ async def test_the_same_batch_twice_is_applied_once(hub: RunningHub, mosquitto: 
 
     counters = await hub.counters()
     assert (counters["batches"], counters["events_applied"], counters["duplicates"]) == (2, 2, 2)
-    assert await asyncio.to_thread(hub.events_rows) == [(f"{GW}:1", 1), (f"{GW}:2", 2)]
+    assert await hub.events_rows() == [(f"{GW}:1", 1), (f"{GW}:2", 2)]
     assert [s["count"] for s in await hub.get("/api/stores/s1/stock")] == [8]
 
 
@@ -229,7 +229,7 @@ async def test_malformed_payloads_are_quarantined_and_ingest_carries_on(
     assert quarantined[-1]["payload"] == b"\xff not json at all".hex()
     assert "events[0].data" in quarantined[1]["reason"]
     assert [s["count"] for s in await hub.get("/api/stores/s1/stock")] == [5]
-    assert await asyncio.to_thread(hub.events_rows) == [(f"{GW}:1", 1)]
+    assert await hub.events_rows() == [(f"{GW}:1", 1)]
 
 
 async def test_fleet_goes_offline_when_the_will_fires(hub: RunningHub, mosquitto: Mosquitto) -> None:
@@ -254,10 +254,10 @@ async def test_fleet_goes_offline_when_the_will_fires(hub: RunningHub, mosquitto
     assert entry["status_ts"] is not None
 
 
-async def test_a_hub_started_later_sees_the_retained_status(tmp_path: Path, mosquitto: Mosquitto) -> None:
+async def test_a_hub_started_later_sees_the_retained_status(db_url: str, mosquitto: Mosquitto) -> None:
     async with _gateway(mosquitto) as gw:
         await gw.publish(status_topic("s7"), status("s7-gw", "offline"), qos=1, retain=True)
-    async with _running(_config(tmp_path, mosquitto)) as hub:
+    async with _running(_config(db_url, mosquitto)) as hub:
         await hub.wait_messages(1)
         fleet = await hub.get("/api/fleet")
     assert [(f["store_id"], f["gateway_id"], f["online"]) for f in fleet] == [("s7", "s7-gw", False)]
@@ -360,11 +360,12 @@ def test_main_rejects_bad_config(tmp_path: Path) -> None:
     assert main(["--config", str(path)]) == 2
 
 
-def test_main_serves_until_sigterm(tmp_path: Path, mosquitto: Mosquitto) -> None:
+def test_main_serves_until_sigterm(tmp_path: Path, mosquitto: Mosquitto, db_url: str) -> None:
     """The real process root: logs its URL, answers, and exits 0 on SIGTERM (uvicorn's handlers are off)."""
     path = tmp_path / "hub.yaml"
+    database = "data/hub.db" if sqlite_file(db_url) is not None else db_url  # a bare relative path, or a URL
     path.write_text(
-        f"hub_id: proc\ndatabase: data/hub.db\nbroker: {{port: {mosquitto.port}}}\napi: {{port: 0}}\n",
+        f"hub_id: proc\ndatabase: '{database}'\nbroker: {{port: {mosquitto.port}}}\napi: {{port: 0}}\n",
         encoding="utf-8",
     )
     code = "import sys; from hub.service import main; sys.exit(main(sys.argv[1:]))"
@@ -378,10 +379,11 @@ def test_main_serves_until_sigterm(tmp_path: Path, mosquitto: Mosquitto) -> None
     try:
         assert proc.stderr is not None
         url = None
+        url_line = ""
         for line in proc.stderr:
             found = re.search(r"serving (http://127\.0\.0\.1:\d+)", line)
             if found:
-                url = found.group(1)
+                url, url_line = found.group(1), line
                 break
         assert url is not None, "the hub never logged its URL"
         health = httpx.get(f"{url}/api/health", timeout=10).json()
@@ -389,7 +391,10 @@ def test_main_serves_until_sigterm(tmp_path: Path, mosquitto: Mosquitto) -> None
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=WAIT_S) == 0
         assert "hub proc stopped" in proc.stderr.read()
-        assert (tmp_path / "data" / "hub.db").exists()
+        if sqlite_file(db_url) is not None:
+            assert (tmp_path / "data" / "hub.db").exists()
+        else:
+            assert db_url.split("?", maxsplit=1)[0].rsplit("/", 1)[-1] in url_line
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -398,14 +403,14 @@ def test_main_serves_until_sigterm(tmp_path: Path, mosquitto: Mosquitto) -> None
             proc.stderr.close()
 
 
-async def test_the_hub_stops_whenever_it_is_cancelled(tmp_path: Path, mosquitto: Mosquitto) -> None:
+async def test_the_hub_stops_whenever_it_is_cancelled(db_url: str, mosquitto: Mosquitto) -> None:
     """Regression: a cancel landing as the SUBACK arrives was swallowed by 3.11's wait_for inside aiomqtt and
     the hub never stopped. Cancel at many points of start-up; each run must end cancelled (the ceiling only
     turns a hang into a failure). The race is timing-dependent, so this sweep is a smoke test; the
     deterministic check of the mechanism is `test_ingest.py::test_a_swallowed_cancel_is_reraised`."""
     for attempt, delay_s in enumerate(n * 0.003 for n in range(25)):  # sweeps across connect + SUBACK
         ready = asyncio.Event()
-        config = _config(tmp_path / f"run{attempt}", mosquitto)
+        config = _config(db_url, mosquitto)
         task = asyncio.create_task(run_hub(config, ready=ready), name=f"test.hub{attempt}")
         await ready.wait()
         await asyncio.sleep(delay_s)
