@@ -1,4 +1,8 @@
-"""The gateway's local REST API, SSE alert stream and staff pages (FastAPI).
+"""The gateway's local REST API, SSE stream and staff pages (FastAPI).
+
+Devices: `/api/devices` (every family, with `family` and its health), `/api/scans` (recent classified barcode
+scans), `/api/scales` (last stable weight per scale), `/api/rfid/zones` (tags present per zone). The SSE
+stream carries `alert` and `stock` events, and `scan`, `scale`, `rfid` and `device` events for live pages.
 
 The API is a thin layer over `Gateway`: no parsing of device data, no SQL here. It must keep working with the
 WAN down — staff get alerts from the store's own gateway first (ARCHITECTURE.md, "Alerts reach staff locally
@@ -18,8 +22,13 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
+
+from edge.camera_api import camera_router
+from edge.installer import installer_router
+from edge.metrics import install_api_metrics, metrics_router
 
 if TYPE_CHECKING:
     from edge.gateway import Gateway
@@ -93,8 +102,33 @@ def create_app(gateway: Gateway) -> FastAPI:
         return gateway.alert_view(row)
 
     @app.get("/api/devices")
-    async def devices() -> list[dict[str, Any]]:
-        return gateway.device_views()
+    async def devices(
+        family: str | None = Query(
+            default=None, description="only one family: modbus, scale, scanner, rfid, ble, camera"
+        ),
+    ) -> list[dict[str, Any]]:
+        views = gateway.device_views()
+        return views if family is None else [d for d in views if d["family"] == family]
+
+    @app.get("/api/scans")
+    async def scans(
+        device: str | None = Query(default=None, description="one scanner's id; all scanners when absent"),
+        limit: int = Query(default=50, ge=1, le=500),
+    ) -> list[dict[str, Any]]:
+        coordinator = gateway.scanners
+        if device is not None and (coordinator is None or device not in coordinator):
+            raise HTTPException(status_code=404, detail=f"no scanner {device!r}")
+        return [] if coordinator is None else coordinator.recent(device, limit)
+
+    @app.get("/api/scales")
+    async def scales() -> list[dict[str, Any]]:
+        coordinator = gateway.scales
+        return [] if coordinator is None else coordinator.views()
+
+    @app.get("/api/rfid/zones")
+    async def rfid_zones() -> list[dict[str, Any]]:
+        coordinator = gateway.rfid
+        return [] if coordinator is None else coordinator.zones()
 
     @app.get("/api/alerts/stream")
     async def alert_stream() -> EventSourceResponse:
@@ -122,6 +156,11 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def board() -> FileResponse:
         return FileResponse(WEB_DIR / "board.html", media_type="text/html; charset=utf-8")
 
+    app.include_router(installer_router(gateway))
+    app.include_router(camera_router(gateway))
+    metrics_registry = CollectorRegistry()  # per app: tests run many gateways in one process
+    install_api_metrics(app, metrics_registry)
+    app.include_router(metrics_router(gateway, metrics_registry))
     if WEB_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     return app

@@ -1,23 +1,45 @@
 """Store configuration: one YAML file validated once, at start, into frozen typed models.
 
-Every error names its key path and the line in the file (STYLE.md rule 11). Duplicates (bin ids, device ids,
-unit ids on one bus, channels) and contradictions (`safety_stock` ≥ `max_stock`, a channel beyond the
-profile) are errors, never warnings. Register profiles are data files (`profiles/NAME.yaml` next to the store
-config, then the project's `config/profiles/`), turned into the driver's frozen `RegisterMap`.
+Every error names its key path and the line in the file (STYLE.md rule 11). Duplicates (bin ids, device ids
+across every family, serial ports, unit ids on one bus, channels, BLE MACs) and contradictions
+(`safety_stock` ≥ `max_stock`, a channel beyond the profile, a bin on a device that cannot weigh it, a lane
+scale without its lane scanner) are errors, never warnings. Register profiles are data files
+(`profiles/NAME.yaml` next to the store config, then the project's `config/profiles/`), turned into the
+driver's frozen `RegisterMap`.
+
+Device families and where their sections live:
+
+=============  ==================  ============================================================================
+family         section             feeds
+=============  ==================  ============================================================================
+modbus         `transmitters`      bins (`device` + `channel`), through the inventory engine
+ble            `ble_sensors`       bins (`device` + `channel` = the sensor's mass object), the same engine path
+scale          `scales`            the last stable weight per scale (checkout lanes, counters)
+scanner        `scanners`          classified scans (product / GS1 / member)
+rfid           `rfid_readers`      tag presence per antenna zone (`shelf` or `exit`)
+camera         `cameras`           facing states per ROI (`ok`/`low`/`empty`/`unknown`): alerts on camera-only
+                                   bins (a bin without `device`), hints on weighed bins' ambiguous changes
+=============  ==================  ============================================================================
+
+Secrets never live here: BTHome bind keys are read from `ble.keys_file` (mode 0600), the broker password
+from `broker.password_file`. This module imports no driver that pulls in a radio or serial stack (bleak,
+biip, pyserial): `shelfgate check-config` and a Modbus-only gateway stay light.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+import importlib.util
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from drivers.modbus.protocol import RegisterMap, StatusPoint, ValueType, WeightPoint, WordOrder
+from edge.yamlfile import Loc, YamlFileError, format_loc, nearest_line, parse_yaml, read_text
 
 PROJECT_PROFILES = Path(__file__).resolve().parent.parent / "config" / "profiles"
 
@@ -81,12 +103,16 @@ class Calibration(_Frozen):
 
 
 class Bin(_Frozen):
-    """One SKU at one place on the shelf, weighed by one transmitter channel."""
+    """One SKU at one place on the shelf, weighed by one transmitter channel — or, without `device`, watched
+    only by a camera (a *camera-only* bin: fresh produce, hanging goods; a camera ROI must name it in `bin`).
+    """
 
     id: Identifier
     sku: str = Field(min_length=1, max_length=32, description="GTIN-14 or store SKU")
     name: LocalizedName
-    unit_weight_g: float = Field(gt=0)
+    unit_weight_g: float = Field(
+        default=0.0, ge=0, description="one item's mass; required (> 0) for a weighed bin (one with `device`)"
+    )
     unit_weight_spread_g: float = Field(
         default=0.0, ge=0, description="standard deviation of one item's mass"
     )
@@ -94,9 +120,309 @@ class Bin(_Frozen):
     calibration: Calibration = Calibration()
     safety_stock: int = Field(ge=0, description="a count below this raises a `low` alert")
     max_stock: int = Field(gt=0, description="a count above this raises an `over` alert")
-    device: Identifier = Field(description="id of the transmitter weighing this bin")
-    channel: int = Field(ge=0, description="the transmitter channel (0-based)")
+    device: Identifier | None = Field(
+        default=None,
+        description="id of the weight transmitter or BLE shelf sensor (`ble_sensors[].id`) weighing this bin; "
+        "absent: a camera-only bin",
+    )
+    channel: int = Field(
+        default=0,
+        ge=0,
+        description="the transmitter channel (0-based); for a BLE sensor the mass object in its advert "
+        "(0 for a single-cell sensor); required with `device`",
+    )
     location: str = Field(default="", description="where staff find it, e.g. `aisle A, shelf 2`")
+
+    @property
+    def weighed(self) -> bool:
+        """True when a weighing device carries the bin (False: camera-only)."""
+        return self.device is not None
+
+    @model_validator(mode="after")
+    def _weighed_bin_fields(self) -> Bin:
+        # `device` became optional for camera-only bins (issue #8); a weighed bin still needs what it did.
+        if self.device is None:
+            return self
+        missing = [f for f in ("unit_weight_g", "channel") if f not in self.model_fields_set]
+        if missing:
+            raise ValueError(f"a bin with `device` needs {' and '.join(f'`{f}`' for f in missing)}")
+        if self.unit_weight_g <= 0:
+            raise ValueError("unit_weight_g must be greater than 0 for a weighed bin")
+        return self
+
+
+# --- the other device families -----------------------------------------------------------------------------
+
+Parity = Literal["N", "E", "O"]
+SERIAL_PORT_DOC = "serial device path; prefer a stable `/dev/serial/by-id/…` link for USB devices"
+
+
+class Scale(_Frozen):
+    """A checkout or counter scale on a serial port; the gateway keeps its last stable weight.
+
+    Only weights the scale itself declares stable are used (DOMAIN.md); `poll_interval_s` is the pause between
+    two stable-weight reads, `stable_timeout_s` how long one read may wait for the pan to settle.
+    """
+
+    id: Identifier
+    port: str = Field(min_length=1, description=SERIAL_PORT_DOC)
+    protocol: Literal["mtsics", "nci"] = Field(
+        default="mtsics", description="`mtsics` (Mettler Toledo MT-SICS) or `nci` (NCI/ECR)"
+    )
+    baudrate: int = Field(default=9600, gt=0, description="MT-SICS factory setting: 9600 8N1")
+    bytesize: Literal[7, 8] = 8
+    parity: Parity = "N"
+    stopbits: Literal[1, 2] = 1
+    lane: Identifier | None = Field(default=None, description="the checkout lane it belongs to, if any")
+    poll_interval_s: float = Field(default=0.5, gt=0, le=60, description="pause between stable-weight reads")
+    request_timeout_s: float = Field(default=1.0, gt=0, le=30)
+    stable_timeout_s: float = Field(default=5.0, gt=0, le=60)
+
+
+class Scanner(_Frozen):
+    """A barcode scanner in serial/USB-CDC mode (AIM prefix on, CR suffix)."""
+
+    id: Identifier
+    port: str = Field(min_length=1, description=SERIAL_PORT_DOC)
+    baudrate: int = Field(default=9600, gt=0, description="ignored by USB-CDC scanners")
+    role: Literal["lane", "handheld", "receiving"] = Field(
+        description="`lane` (a checkout lane's scanner), `handheld` (stocktake) or `receiving` (goods in)"
+    )
+    lane: Identifier | None = Field(default=None, description="required for, and only for, `role: lane`")
+    member_patterns: list[str] | None = Field(
+        default=None,
+        description="regexes a member card/QR payload matches (a `member_id` group names the member); "
+        "none: `barcodes.member_patterns`",
+    )
+
+
+class Barcodes(_Frozen):
+    """How this store's barcodes read: member codes and in-store variable-measure codes."""
+
+    member_patterns: list[str] | None = Field(
+        default=None,
+        description="regexes of member card/QR payloads for every scanner; none: the driver's defaults "
+        "(`MBR` + 10 digits, `shelfgate://member/ID`)",
+    )
+    rcn_region: str | None = Field(
+        default=None,
+        min_length=2,
+        max_length=2,
+        description="ISO country code whose GS1 office defines in-store (prefix 2x) weight/price codes",
+    )
+
+
+class RfidAntenna(_Frozen):
+    """One antenna port of a reader and the zone its field covers."""
+
+    antenna: int = Field(default=1, ge=1, le=32, description="antenna port number (1-based)")
+    zone: Identifier = Field(description="zone id; several antennas (of any reader) may cover one zone")
+    kind: Literal["shelf", "exit"] = Field(
+        default="shelf", description="`shelf` (stock on display) or `exit` (a tag seen here is leaving)"
+    )
+
+
+class RfidReader(_Frozen):
+    """A UHF RFID reader: a serial module (`m100`: M100 / JRD-4035 family, frames `BB … 7E`) or a fixed
+    reader over LLRP (`llrp`: host + TCP port; needs the optional `llrp` extra, sllurp, GPLv3)."""
+
+    id: Identifier
+    protocol: Literal["m100", "llrp"] = Field(
+        default="m100", description="`m100`: serial UHF module; `llrp`: fixed reader over LLRP (TCP)"
+    )
+    port: str | None = Field(default=None, min_length=1, description="m100: " + SERIAL_PORT_DOC)
+    baudrate: int = Field(default=115200, gt=0, description="m100: the module's factory setting")
+    host: str | None = Field(default=None, min_length=1, description="llrp: the reader's address")
+    llrp_port: int = Field(
+        default=5084, gt=0, lt=65536, description="llrp: TCP port (5084 is the IANA-registered LLRP port)"
+    )
+    silence_s: float = Field(
+        default=2.0, gt=0, le=60, description="silence before the reader is probed (stop + restart inventory)"
+    )
+    antennas: list[RfidAntenna] = Field(
+        min_length=1,
+        description="antenna → zone; an M100 has antenna 1 only, an LLRP reader any of its ports",
+    )
+
+    @model_validator(mode="after")
+    def _transport(self) -> RfidReader:
+        if self.protocol == "m100" and (self.port is None or self.host is not None):
+            raise ValueError("an m100 reader needs `port` (a serial device) and no `host`")
+        if self.protocol == "llrp" and (self.host is None or self.port is not None):
+            raise ValueError("an llrp reader needs `host` (and optionally `llrp_port`), not a serial `port`")
+        return self
+
+
+class RfidPresence(_Frozen):
+    """Tag presence windows (drivers/rfid/presence.py), shared by every zone so a tag can move between them."""
+
+    min_reads: int = Field(default=3, ge=1, description="reads within `enter_window_s` to enter a zone")
+    enter_window_s: float = Field(default=3.0, gt=0)
+    min_window_s: float = Field(default=1.0, gt=0, description="floor of the adaptive hold window")
+    max_window_s: float = Field(default=10.0, gt=0, description="ceiling: a departed tag is gone after this")
+    false_leave_probability: float = Field(
+        default=1e-9, gt=0, lt=1, description="accepted chance of a false leave per silent stretch"
+    )
+
+    @model_validator(mode="after")
+    def _window_order(self) -> RfidPresence:
+        if self.min_window_s > self.max_window_s:
+            raise ValueError(
+                f"min_window_s ({self.min_window_s}) must not exceed max_window_s ({self.max_window_s})"
+            )
+        return self
+
+
+CANONICAL_MAC = r"^[0-9A-F]{2}(:[0-9A-F]{2}){5}$"
+
+
+class BleSensor(_Frozen):
+    """A BTHome v2 shelf sensor heard by passive BLE scanning (no connection).
+
+    Bins bind to it like to a transmitter: `device: <id>`, `channel: <mass object index>`. The engine gets the
+    sensor's mass in grams, so a bin's `calibration` is `zero` = the empty-plate reading in grams and
+    `span_g_per_unit` = 1 (the defaults).
+    """
+
+    id: Identifier
+    mac: str = Field(
+        pattern=CANONICAL_MAC, description="Bluetooth address, upper case with colons: `A4:C1:38:00:00:01`"
+    )
+    keyed: bool = Field(
+        default=False,
+        description="AES-CCM encrypted adverts; the key is read from `ble.keys_file`, plaintext is refused",
+    )
+    channels: int = Field(default=1, ge=1, le=8, description="mass objects per advert (load cells)")
+    settle_window_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="stability window of its bins' estimators; at least 3 advert intervals",
+    )
+    location: str = Field(default="", description="where it is mounted")
+
+
+class Ble(_Frozen):
+    """The Bluetooth adapter and the secrets file of the BLE shelf sensors."""
+
+    keys_file: Path | None = Field(
+        default=None,
+        description="YAML/JSON secrets file MAC → 32-hex-digit bind key, mode 0600 (relative to this file)",
+    )
+    adapter: str | None = Field(default=None, description="BlueZ adapter, e.g. `hci0`; none: the default")
+    passive: bool = Field(default=True, description="passive scanning (no scan requests: spares coin cells)")
+    silent_after_s: float = Field(
+        default=60.0, gt=0, le=3600, description="no valid advert for this long: the sensor is offline"
+    )
+
+
+CAMERA_SOURCE_PREFIXES: Final = ("/dev/", "rtsp://", "rtsps://", "http://", "https://", "file:", "synthetic:")
+"""Accepted `cameras[].source` forms (drivers/camera: `OpenCvSource`, `VideoFileSource`; `synthetic:` only
+runs when the demo or a test injects the source — `shelfgate run` refuses it at start)."""
+
+
+class CameraRoi(_Frozen):
+    """One facing in a camera's view: a rectangle or a polygon in reference-image pixels, bound to a SKU.
+
+    Draw it around the *stocked* products (not the bare shelf above them). With `bin` the facing belongs to
+    that bin: a camera-only bin gets `low`/`out` alerts from it, a weighed bin gets it as a hint when its
+    weight change is ambiguous.
+    """
+
+    id: Identifier
+    rect: tuple[int, int, int, int] | None = Field(
+        default=None, description="`[x, y, width, height]`, top-left origin, pixels"
+    )
+    polygon: list[tuple[int, int]] | None = Field(
+        default=None, description="`[[x, y], …]`, at least 3 points (instead of `rect`)"
+    )
+    sku: str | None = Field(
+        default=None, min_length=1, max_length=32, description="the facing's SKU; default: its bin's `sku`"
+    )
+    bin: Identifier | None = Field(default=None, description="the bin (`bins[].id`) this facing shows")
+
+    @model_validator(mode="after")
+    def _shape(self) -> CameraRoi:
+        if (self.rect is None) == (self.polygon is None):
+            raise ValueError("give exactly one of `rect` or `polygon`")
+        if self.rect is not None:
+            x, y, w, h = self.rect
+            if x < 0 or y < 0 or w <= 0 or h <= 0:
+                raise ValueError(f"rect {list(self.rect)}: x, y must be ≥ 0 and width, height > 0")
+        if self.polygon is not None:
+            if len(self.polygon) < 3:
+                raise ValueError(f"a polygon needs at least 3 points, got {len(self.polygon)}")
+            if any(x < 0 or y < 0 for x, y in self.polygon):
+                raise ValueError("polygon points must not be negative")
+            if _polygon_area2(self.polygon) == 0:
+                raise ValueError("the polygon has no area")
+        if self.sku is None and self.bin is None:
+            raise ValueError("give `sku`, `bin` or both (a facing is bound to a SKU)")
+        return self
+
+    @property
+    def points(self) -> tuple[tuple[int, int], ...]:
+        """The outline as points (a rect's four corners)."""
+        if self.rect is not None:
+            x, y, w, h = self.rect
+            return ((x, y), (x + w, y), (x + w, y + h), (x, y + h))
+        return tuple(self.polygon or ())
+
+
+def _polygon_area2(points: Sequence[tuple[int, int]]) -> int:
+    """Twice the signed area (shoelace formula)."""
+    n = len(points)
+    return sum(
+        points[i][0] * points[(i + 1) % n][1] - points[(i + 1) % n][0] * points[i][1] for i in range(n)
+    )
+
+
+class FrameSize(_Frozen):
+    """The camera's image size; ROIs are checked to lie inside it."""
+
+    width: int = Field(gt=0, le=8192)
+    height: int = Field(gt=0, le=8192)
+
+
+class CameraReference(_Frozen):
+    """When the reference (the stocked view every facing is compared with) is captured.
+
+    It lives in memory only (privacy: nothing is written to disk), so it must be captured again after every
+    start: `on_start` takes the first `frames` frames (per-pixel median: a passer-by does not end up in it) —
+    start the gateway with the shelf stocked; `manual` waits for the installer.
+    """
+
+    capture: Literal["on_start", "manual"] = Field(
+        default="on_start", description="`on_start` (first frames after start) or `manual` (installer)"
+    )
+    frames: int = Field(default=3, ge=1, le=30, description="frames combined by per-pixel median")
+    timeout_s: float = Field(default=60.0, gt=0, le=3600, description="give up waiting for frames after this")
+
+
+class Camera(_Frozen):
+    """A shelf camera (V4L2/USB, RTSP, an MJPEG URL or a video file) and its facings."""
+
+    id: Identifier
+    source: str = Field(
+        min_length=1,
+        description="`/dev/videoN` (or `/dev/v4l/by-id/…`), `rtsp://…`, `http(s)://…` (MJPEG), `file:PATH`; "
+        "`synthetic:NAME` only with the demo's simulator",
+    )
+    analysis_fps: float = Field(
+        default=1.0, gt=0, le=30, description="frames analysed per second (a shelf does not change faster)"
+    )
+    frame_size: FrameSize | None = Field(default=None, description="if given, every ROI must fit inside it")
+    rois: list[CameraRoi] = Field(min_length=1, description="one per facing")
+    reference: CameraReference = CameraReference()
+    location: str = Field(default="", description="where it is mounted")
+
+    @model_validator(mode="after")
+    def _source_form(self) -> Camera:
+        if not self.source.startswith(CAMERA_SOURCE_PREFIXES):
+            raise ValueError(
+                f"source {self.source!r}: expected one of {', '.join(p + '…' for p in CAMERA_SOURCE_PREFIXES)}"
+            )
+        return self
 
 
 class Broker(_Frozen):
@@ -107,9 +433,11 @@ class Broker(_Frozen):
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     username: str | None = None
     password_file: Path | None = Field(default=None, description="secrets live in files, not in this config")
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    ca_file: Path | None = Field(default=None, description="CA certificate: TLS on (docs/security.md)")
+    cert_file: Path | None = Field(
+        default=None, description="this gateway's client certificate (`shelfgate pki`)"
+    )
+    key_file: Path | None = Field(default=None, description="its private key (mode 0600)")
 
 
 class Api(_Frozen):
@@ -137,6 +465,14 @@ class Bridge(_Frozen):
     heartbeat_s: float = Field(default=30.0, gt=0, le=3600)
     batch_max_events: int = Field(default=200, ge=1, le=5000)
     publish_timeout_s: float = Field(default=10.0, gt=0)
+    resend_retention_events: int = Field(
+        default=200_000,
+        ge=0,
+        description="sent events kept so the hub's `cmd/resend` can be served (newest N)",
+    )
+    resend_retention_days: float = Field(
+        default=7.0, ge=0, description="…and none older than this many days; unsent events are never pruned"
+    )
 
 
 class StoreConfig(_Frozen):
@@ -145,13 +481,23 @@ class StoreConfig(_Frozen):
     store_id: Identifier = Field(description="the store's id on the wire and at the hub (topic root)")
     gateway_id: Identifier | None = Field(default=None, description="defaults to `{store_id}-gw`")
     data_dir: Path = Field(default=Path("var"), description="SQLite database folder (relative to this file)")
-    buses: list[Bus] = Field(min_length=1, description="RS-485 lines and Modbus TCP endpoints")
-    transmitters: list[Transmitter] = Field(min_length=1, description="weight transmitters on the buses")
-    bins: list[Bin] = Field(min_length=1, description="one SKU at one place, on one transmitter channel")
+    buses: list[Bus] = Field(default=[], description="RS-485 lines and Modbus TCP endpoints")
+    transmitters: list[Transmitter] = Field(default=[], description="weight transmitters on the buses")
+    scales: list[Scale] = Field(default=[], description="checkout and counter scales")
+    scanners: list[Scanner] = Field(default=[], description="barcode scanners (lane, handheld, receiving)")
+    rfid_readers: list[RfidReader] = Field(default=[], description="UHF RFID readers and their antenna zones")
+    ble_sensors: list[BleSensor] = Field(default=[], description="BTHome BLE shelf sensors")
+    cameras: list[Camera] = Field(default=[], description="shelf cameras and their facings (ROIs)")
+    bins: list[Bin] = Field(
+        default=[], description="one SKU at one place, on one transmitter channel or BLE sensor"
+    )
     broker: Broker = Broker()
     api: Api = Api()
     alerts: Alerts = Alerts()
     bridge: Bridge = Bridge()
+    barcodes: Barcodes = Barcodes()
+    rfid_presence: RfidPresence = RfidPresence()
+    ble: Ble = Ble()
 
     @property
     def effective_gateway_id(self) -> str:
@@ -198,107 +544,14 @@ class ConfigError(Exception):
         super().__init__(f"{file}: {len(self.issues)} error(s)\n" + "\n".join(f"  {i}" for i in self.issues))
 
 
-# --- YAML with line numbers ------------------------------------------------------------------------------
-
-Loc = tuple[str | int, ...]
-
-
-def _line_index(node: yaml.Node, loc: Loc, out: dict[Loc, int]) -> None:
-    """Record the 1-based line of every key/item so a pydantic error location maps back to the file."""
-    out.setdefault(loc, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            out[(*loc, key)] = key_node.start_mark.line + 1
-            _line_index(value_node, (*loc, key), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _line_index(item, (*loc, i), out)
-
-
-def _format_loc(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _nearest_line(loc: Loc, lines: Mapping[Loc, int]) -> int | None:
-    for n in range(len(loc), -1, -1):
-        if loc[:n] in lines:
-            return lines[loc[:n]]
-    return None
-
-
-# libyaml (C) when PyYAML was built with it: a 2 000-bin store file loads in ~1 s instead of ~10 s and without
-# the tens of MB of heap the pure-Python parser leaves behind (bench/bench_rss.py).
-_SafeLoader: type[yaml.SafeLoader] = (
-    yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader  # type: ignore[assignment]
-)
-
-
-class _LineIndex(Mapping[Loc, int]):
-    """Key path → 1-based line, built only when an error needs a line number.
-
-    Composing a second node tree of a large store file costs seconds and memory on a Pi; a valid file never
-    pays for it.
-    """
-
-    def __init__(self, text: str) -> None:
-        self._text = text
-        self._lines: dict[Loc, int] | None = None
-
-    def _index(self) -> dict[Loc, int]:
-        if self._lines is None:
-            lines: dict[Loc, int] = {}
-            node = yaml.compose(self._text, Loader=_SafeLoader)
-            if node is not None:
-                _line_index(node, (), lines)
-            self._lines = lines
-        return self._lines
-
-    def __getitem__(self, key: Loc) -> int:
-        return self._index()[key]
-
-    def __iter__(self) -> Iterator[Loc]:
-        return iter(self._index())
-
-    def __len__(self) -> int:
-        return len(self._index())
-
-
-class _UniqueKeyLoader(_SafeLoader):  # type: ignore[valid-type,misc]
-    """SafeLoader that refuses duplicate mapping keys (YAML 1.2 §3.2.1.1: keys are unique)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
-        return mapping
+# --- YAML with line numbers (edge/yamlfile.py) -------------------------------------------------------------
 
 
 def _read_yaml(path: Path) -> tuple[Any, Mapping[Loc, int]]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(path, [ConfigIssue("", None, f"cannot read file: {exc.strerror}")]) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(path, [ConfigIssue("", None, f"not UTF-8 text: {exc.reason}")]) from exc
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        raise ConfigError(path, [ConfigIssue("", line, f"YAML: {exc.problem or exc}")]) from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, [ConfigIssue("", None, f"YAML: {exc}")]) from exc
-    return data, _LineIndex(text)
+        return parse_yaml(read_text(path))
+    except YamlFileError as exc:
+        raise ConfigError(path, [ConfigIssue("", exc.line, exc.message)]) from exc
 
 
 # --- register profiles -------------------------------------------------------------------------------------
@@ -371,8 +624,22 @@ def _issues(exc: ValidationError, lines: Mapping[Loc, int]) -> list[ConfigIssue]
         # Discriminated unions add the tag ('rtu'/'tcp') to the location; it is not a key in the file.
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("rtu", "tcp")))
         msg = err["msg"].removeprefix("Value error, ")
-        out.append(ConfigIssue(_format_loc(loc), _nearest_line(loc, lines), msg))
+        out.append(ConfigIssue(format_loc(loc), nearest_line(loc, lines), msg))
     return out
+
+
+FAMILY_SECTIONS: Mapping[str, str] = {
+    "transmitters": "modbus",
+    "scales": "scale",
+    "scanners": "scanner",
+    "rfid_readers": "rfid",
+    "ble_sensors": "ble",
+    "cameras": "camera",
+}
+"""Config section → device family (the `family` field of `/api/devices` and of the heartbeat)."""
+
+WEIGHING_SECTIONS: Final = ("transmitters", "ble_sensors")
+"""Families whose readings feed a bin's estimator."""
 
 
 def _cross_checks(
@@ -381,7 +648,7 @@ def _cross_checks(
     issues: list[ConfigIssue] = []
 
     def issue(loc: Loc, msg: str) -> None:
-        issues.append(ConfigIssue(_format_loc(loc), _nearest_line(loc, lines), msg))
+        issues.append(ConfigIssue(format_loc(loc), nearest_line(loc, lines), msg))
 
     def dupes(items: Sequence[Any], key: str, attr: str, what: str) -> None:
         first: dict[Any, int] = {}
@@ -392,10 +659,55 @@ def _cross_checks(
             else:
                 first[value] = i
 
+    if not any(getattr(store, section) for section in FAMILY_SECTIONS):
+        issue((), f"no devices: configure at least one of {', '.join(FAMILY_SECTIONS)}")
     dupes(store.buses, "buses", "id", "bus id")
-    dupes(store.transmitters, "transmitters", "id", "transmitter id")
     dupes(store.bins, "bins", "id", "bin id")
+    dupes(store.ble_sensors, "ble_sensors", "mac", "BLE MAC")
+    _device_ids_and_ports(store, issue)
+    profiles = _check_transmitters(store, config_dir, issue)
+    _check_bins(store, profiles, issue)
+    _check_lanes(store, issue)
+    _check_patterns(store, issue)
+    _check_rfid(store, issue)
+    _check_cameras(store, issue)
+    if store.ble.keys_file is None:
+        for i, sensor in enumerate(store.ble_sensors):
+            if sensor.keyed:
+                issue(
+                    ("ble_sensors", i, "keyed"),
+                    "a keyed sensor needs `ble.keys_file` (its key lives in that secrets file, never here)",
+                )
+    return issues, profiles
 
+
+Issue = Callable[[Loc, str], None]
+
+
+def _device_ids_and_ports(store: StoreConfig, issue: Issue) -> None:
+    """Device ids are unique across every family; a serial port belongs to one device (or one RTU bus)."""
+    ids: dict[str, str] = {}
+    ports: dict[str, str] = {}
+    for bus_index, bus in enumerate(store.buses):
+        if isinstance(bus, RtuBus):
+            ports.setdefault(bus.port, f"buses[{bus_index}]")
+    for section in FAMILY_SECTIONS:
+        for i, device in enumerate(getattr(store, section)):
+            here = f"{section}[{i}]"
+            if device.id in ids:
+                issue((section, i, "id"), f"duplicate device id {device.id!r} (first at {ids[device.id]})")
+            else:
+                ids[device.id] = here
+            port = getattr(device, "port", None)
+            if port is None:
+                continue
+            if port in ports:
+                issue((section, i, "port"), f"port {port} already used by {ports[port]}")
+            else:
+                ports[port] = here
+
+
+def _check_transmitters(store: StoreConfig, config_dir: Path, issue: Issue) -> dict[str, RegisterMap]:
     buses = {b.id: b for b in store.buses}
     profiles: dict[str, RegisterMap] = {}
     unit_ids: dict[tuple[str, int], int] = {}
@@ -420,8 +732,19 @@ def _cross_checks(
             except ConfigError as exc:
                 for sub in exc.issues:
                     issue(("transmitters", i, "profile"), f"profile {found}: {sub}")
+    return profiles
 
-    devices = {t.id: t for t in store.transmitters}
+
+def _check_bins(store: StoreConfig, profiles: Mapping[str, RegisterMap], issue: Issue) -> None:
+    """Every bin sits on one free channel of a device that can weigh it."""
+    transmitters = {t.id: t for t in store.transmitters}
+    sensors = {s.id: s for s in store.ble_sensors}
+    others = {
+        d.id: FAMILY_SECTIONS[section]
+        for section in FAMILY_SECTIONS
+        if section not in WEIGHING_SECTIONS
+        for d in getattr(store, section)
+    }
     channels: dict[tuple[str, int], int] = {}
     for i, b in enumerate(store.bins):
         if b.safety_stock >= b.max_stock:
@@ -429,16 +752,33 @@ def _cross_checks(
                 ("bins", i, "safety_stock"),
                 f"safety_stock ({b.safety_stock}) must be below max_stock ({b.max_stock})",
             )
-        tx_or_none = devices.get(b.device)
-        if tx_or_none is None:
+        if b.device is None:
+            continue  # camera-only: `_check_cameras` makes sure a ROI watches it
+        if b.device in transmitters:
+            rmap = profiles.get(transmitters[b.device].profile)
+            if rmap is not None and b.channel >= rmap.channels:
+                issue(
+                    ("bins", i, "channel"),
+                    f"channel {b.channel} outside 0..{rmap.channels - 1} of profile {rmap.name!r}",
+                )
+        elif b.device in sensors:
+            n = sensors[b.device].channels
+            if b.channel >= n:
+                issue(
+                    ("bins", i, "channel"),
+                    f"channel {b.channel} outside 0..{n - 1} of BLE sensor {b.device!r} (its `channels`)",
+                )
+        elif b.device in others:
+            hint = " (a camera watches a bin through a ROI's `bin`)" if others[b.device] == "camera" else ""
+            issue(
+                ("bins", i, "device"),
+                f"device {b.device!r} is a {others[b.device]}; a bin is weighed by a transmitter or a BLE "
+                f"shelf sensor{hint}",
+            )
+            continue
+        else:
             issue(("bins", i, "device"), f"unknown device {b.device!r}")
             continue
-        rmap = profiles.get(tx_or_none.profile)
-        if rmap is not None and b.channel >= rmap.channels:
-            issue(
-                ("bins", i, "channel"),
-                f"channel {b.channel} outside 0..{rmap.channels - 1} of profile {rmap.name!r}",
-            )
         key = (b.device, b.channel)
         if key in channels:
             issue(
@@ -447,7 +787,120 @@ def _cross_checks(
             )
         else:
             channels[key] = i
-    return issues, profiles
+
+
+def _check_lanes(store: StoreConfig, issue: Issue) -> None:
+    """A checkout lane is named by its lane scanner; its scale (if any) must have that scanner."""
+    lane_scanner: dict[str, int] = {}
+    for i, sc in enumerate(store.scanners):
+        if sc.role == "lane" and sc.lane is None:
+            issue(("scanners", i, "lane"), "a scanner with role: lane needs `lane` (the lane's id)")
+        elif sc.role != "lane" and sc.lane is not None:
+            issue(("scanners", i, "lane"), f"only a role: lane scanner belongs to a lane (this is {sc.role})")
+        elif sc.lane is not None:
+            if sc.lane in lane_scanner:
+                issue(
+                    ("scanners", i, "lane"),
+                    f"lane {sc.lane!r} already has its scanner scanners[{lane_scanner[sc.lane]}]",
+                )
+            else:
+                lane_scanner[sc.lane] = i
+    lane_scale: dict[str, int] = {}
+    for i, scale in enumerate(store.scales):
+        if scale.lane is None:
+            continue
+        if scale.lane not in lane_scanner:
+            issue(
+                ("scales", i, "lane"),
+                f"lane {scale.lane!r} has no scanner (add one with role: lane, lane: {scale.lane})",
+            )
+        if scale.lane in lane_scale:
+            issue(("scales", i, "lane"), f"lane {scale.lane!r} already has scales[{lane_scale[scale.lane]}]")
+        else:
+            lane_scale[scale.lane] = i
+
+
+def _check_patterns(store: StoreConfig, issue: Issue) -> None:
+    owners: list[tuple[Loc, list[str] | None]] = [
+        (("barcodes", "member_patterns"), store.barcodes.member_patterns)
+    ]
+    owners += [
+        (("scanners", i, "member_patterns"), sc.member_patterns) for i, sc in enumerate(store.scanners)
+    ]
+    for loc, patterns in owners:
+        for j, pattern in enumerate(patterns or ()):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                issue((*loc, j), f"not a valid regular expression: {exc}")
+
+
+def _check_rfid(store: StoreConfig, issue: Issue) -> None:
+    zone_kind: dict[str, tuple[str, str]] = {}
+    for i, reader in enumerate(store.rfid_readers):
+        if reader.protocol == "llrp" and importlib.util.find_spec("sllurp") is None:
+            issue(
+                ("rfid_readers", i, "protocol"),
+                "llrp readers need the optional LLRP support (GPLv3 sllurp): pip install 'shelfgate[llrp]'",
+            )
+        seen: set[int] = set()
+        for j, ant in enumerate(reader.antennas):
+            loc: Loc = ("rfid_readers", i, "antennas", j)
+            if ant.antenna in seen:
+                issue((*loc, "antenna"), f"antenna {ant.antenna} of {reader.id!r} is listed twice")
+            seen.add(ant.antenna)
+            if reader.protocol == "m100" and ant.antenna != 1:
+                issue(
+                    (*loc, "antenna"),
+                    f"an M100 module has one antenna port (1); use one reader per antenna, not {ant.antenna}",
+                )
+            first = zone_kind.setdefault(ant.zone, (ant.kind, f"rfid_readers[{i}].antennas[{j}]"))
+            if first[0] != ant.kind:
+                issue(
+                    (*loc, "kind"),
+                    f"zone {ant.zone!r} is kind {first[0]!r} at {first[1]}, not {ant.kind!r}",
+                )
+
+
+def _check_cameras(store: StoreConfig, issue: Issue) -> None:
+    """ROIs: unique per camera, bound to a bin that exists (same SKU), inside the frame; camera-only bins
+    are watched by at least one ROI."""
+    bins = {b.id: b for b in store.bins}
+    watched: set[str] = set()
+    for i, cam in enumerate(store.cameras):
+        seen: dict[str, int] = {}
+        for j, roi in enumerate(cam.rois):
+            loc: Loc = ("cameras", i, "rois", j)
+            if roi.id in seen:
+                issue(
+                    (*loc, "id"), f"duplicate ROI id {roi.id!r} (first at cameras[{i}].rois[{seen[roi.id]}])"
+                )
+            else:
+                seen[roi.id] = j
+            if roi.bin is not None:
+                b = bins.get(roi.bin)
+                if b is None:
+                    issue((*loc, "bin"), f"unknown bin {roi.bin!r}")
+                else:
+                    watched.add(b.id)
+                    if roi.sku is not None and roi.sku != b.sku:
+                        issue((*loc, "sku"), f"sku {roi.sku!r} differs from bin {b.id!r}'s sku {b.sku!r}")
+            if cam.frame_size is not None:
+                xs = [p[0] for p in roi.points]
+                ys = [p[1] for p in roi.points]
+                w, h = cam.frame_size.width, cam.frame_size.height
+                if max(xs) > w or max(ys) > h:
+                    issue(
+                        (*loc, "rect" if roi.rect is not None else "polygon"),
+                        f"ROI {roi.id!r} reaches ({max(xs)}, {max(ys)}), outside the {w}×{h} frame",
+                    )
+    for i, b in enumerate(store.bins):
+        if b.device is None and b.id not in watched:
+            issue(
+                ("bins", i, "id"),
+                f"bin {b.id!r} has no `device` and no camera ROI names it: give it a `device` (weighed) or "
+                "bind a `cameras[].rois[].bin` to it (camera-only)",
+            )
 
 
 def load_config(path: str | Path) -> LoadedConfig:
@@ -467,5 +920,31 @@ def load_config(path: str | Path) -> LoadedConfig:
         raise ConfigError(file, issues)
     if not store.data_dir.is_absolute():
         store = store.model_copy(update={"data_dir": (file.parent / store.data_dir).resolve()})
-    version = hashlib.sha256(file.read_bytes()).hexdigest()[:12]
+    keys_file = store.ble.keys_file
+    if keys_file is not None and not keys_file.is_absolute():
+        ble = store.ble.model_copy(update={"keys_file": (file.parent / keys_file).resolve()})
+        store = store.model_copy(update={"ble": ble})
+    # Certificates and the password file, like data_dir, are relative to this file (not to wherever the
+    # service happens to start).
+    secrets = {
+        name: (file.parent / value).resolve()
+        for name in ("password_file", "ca_file", "cert_file", "key_file")
+        if (value := getattr(store.broker, name)) is not None and not value.is_absolute()
+    }
+    if secrets:
+        store = store.model_copy(update={"broker": store.broker.model_copy(update=secrets)})
+    if any(c.source.startswith("file:") and not Path(c.source[5:]).is_absolute() for c in store.cameras):
+        cameras = [
+            c.model_copy(update={"source": f"file:{(file.parent / c.source[5:]).resolve()}"})
+            if c.source.startswith("file:") and not Path(c.source[5:]).is_absolute()
+            else c
+            for c in store.cameras
+        ]
+        store = store.model_copy(update={"cameras": cameras})
+    # Calibrations and bindings decided on site live in an overlay in data_dir (edge/calibration.py says
+    # why); they are part of what this gateway runs, so they are part of its config version too.
+    from edge.calibration import merge_overlay  # noqa: PLC0415 - edge.calibration imports this module
+
+    store, overlay = merge_overlay(store)
+    version = hashlib.sha256(file.read_bytes() + overlay).hexdigest()[:12]
     return LoadedConfig(store=store, profiles=profiles, path=file.resolve(), version=version)

@@ -1,9 +1,17 @@
 """The gateway runtime: devices → inventory engine → alerts → SQLite → uplink, plus the local API.
 
 One process root (STYLE.md rule 13): `shelfgate run` calls `asyncio.run(Gateway(config).run())`. Everything the
-gateway starts lives in one TaskGroup with named tasks: `poller[{device}]` per transmitter, `gateway.ticker`,
-`uplink`, `api`. If a critical task dies the group cancels the rest and the process exits non-zero, so
-systemd's `Restart=on-failure` brings it back rather than it limping on.
+gateway starts lives in one TaskGroup with named tasks: `devices[{family}]` per configured device family (each a
+coordinator from `edge/devices/` with its own tasks: `poller[{id}]`, `scale[{id}].loop`, `scanner[{id}].loop`,
+`rfid[{id}].loop` + `rfid.presence`, `ble.scanner`), `gateway.ticker`, `uplink`, `api`. A device's failure
+stays with that device (drivers count and retry; coordinators supervise); if a critical task dies the group
+cancels the rest and the process exits non-zero, so systemd's `Restart=on-failure` brings it back rather than
+it limping on.
+
+Weighing devices — Modbus transmitter channels and BLE shelf sensors — feed the same engine path
+(`_apply_sample` → `_persist`); the other families report to the API and the live stream. A family's
+coordinator module (and its driver's libraries: bleak, biip, pyserial) is imported only when the store has a
+device of that family.
 
 The hot path (`_apply_sample`) is synchronous and allocation-light: most samples change nothing and cost one
 estimator step per channel. Only when the engine reports an event does the runtime touch SQLite (one
@@ -20,12 +28,10 @@ import shutil
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -35,19 +41,24 @@ from cloud_bridge.contract import (
     AlertState,
     Command,
     CommandResult,
-    DeviceHealth,
+    Commissioning,
     EventType,
+    FacingChanged,
     Heartbeat,
     StockChanged,
     rfc3339,
 )
+from cloud_bridge.resend import RESEND_COMMAND
+from cloud_bridge.systemd import Liveness, SdNotifier, Watchdog
 from cloud_bridge.uplink import UnknownCommandError, Uplink
-from drivers.modbus.client import ModbusBus, TransmitterPoller
-from drivers.modbus.models import Availability, RtuSettings, Sample, TcpSettings
-from drivers.modbus.protocol import plan_poll
+from drivers.modbus.models import Sample
+from drivers.modbus.protocol import ChannelReading
 from edge import __version__
 from edge.api import ApiServer, create_app
-from edge.config import Bin, LoadedConfig, RtuBus
+from edge.commands import handle_resend
+from edge.config import Bin, LoadedConfig
+from edge.devices.base import Coordinator, DeviceHealthView
+from edge.devices.modbus import ModbusCoordinator
 from edge.inventory import (
     AlertRules,
     AlertTransition,
@@ -58,17 +69,35 @@ from edge.inventory import (
 )
 from edge.store import PRIORITY_HIGH, PRIORITY_LEVEL, AlertRow, BinRow, GatewayStore, NewEvent
 
+if TYPE_CHECKING:
+    from bleak.backends.scanner import BaseBleakScanner
+
+    from drivers.camera import FrameSource
+    from edge.devices.ble import BleCoordinator
+    from edge.devices.cameras import CameraCoordinator
+    from edge.devices.rfid import RfidCoordinator
+    from edge.devices.scales import ScaleCoordinator
+    from edge.devices.scanners import ScannerCoordinator
+    from edge.vision import FacingStateChanged
+
 _log = logging.getLogger(__name__)
 
 TICK_S = 0.5
+TICKER_MAX_AGE_S = 20.0
+"""The ticker beats every TICK_S; silence this long means it is wedged (well inside `WatchdogSec=30`)."""
 """How often alert dwell timers are evaluated when no sample arrives."""
+
+DEFAULT_SETTLE_WINDOW_S = 0.5
+"""Estimator stability window for transmitter channels (10-80 samples/s, DOMAIN.md)."""
 
 
 class Broadcast:
-    """Fan-out of alert changes to live subscribers (the SSE stream), each with a bounded queue.
+    """Fan-out of live changes to subscribers (the SSE stream), each with a bounded queue.
 
-    Overflow policy: a subscriber that does not keep up loses its oldest queued item (counted in `dropped`);
-    the page re-reads `/api/alerts` on reconnect, so a dropped change costs freshness, not correctness.
+    Items are `{"type": …}` dicts: `alert` and `stock` from the engine; `scan`, `scale`, `rfid` and `device`
+    from the device coordinators. Overflow policy: a subscriber that does not keep up loses its oldest queued
+    item (counted in `dropped`); a page re-reads the matching `/api/…` view on reconnect, so a dropped change
+    costs freshness, not correctness.
     """
 
     def __init__(self, maxsize: int = 256) -> None:
@@ -101,17 +130,6 @@ class Broadcast:
         return len(self._subscribers)
 
 
-@dataclass
-class DeviceState:
-    """What the API and heartbeat report for one transmitter."""
-
-    device_id: str
-    bus_id: str
-    unit_id: int
-    poller: TransmitterPoller | None = None
-    bins: list[str] = field(default_factory=list)
-
-
 class Gateway:
     """A running store gateway. Construct with a validated config, then `await run()`."""
 
@@ -120,31 +138,87 @@ class Gateway:
         config: LoadedConfig,
         *,
         on_ready: Callable[[Gateway], None] | None = None,
+        ble_backend: type[BaseBleakScanner] | None = None,
+        camera_sources: Mapping[str, FrameSource] | None = None,
     ) -> None:
+        """`ble_backend` replaces the BlueZ scanner backend (the driver's seam): only the demo and tests pass
+        one (a fake bleak backend hearing simulated sensors); `shelfgate run` never does. `camera_sources`
+        (camera id → frame source) is the cameras' seam, likewise only for the demo and tests (the synthetic
+        shelf camera of `firmware_sims`)."""
         self.config = config
-        self.store_cfg = config.store
-        self.gateway_id = config.store.effective_gateway_id
+        self.store_cfg = s = config.store
+        self.gateway_id = s.effective_gateway_id
         self.boot_id = uuid.uuid4().hex[:12]
         self.version = __version__
         self.started_mono = time.monotonic()
-        self.store = GatewayStore(Path(config.store.data_dir) / "gateway.db")
-        self.bins: dict[str, Bin] = {b.id: b for b in config.store.bins}
+        self.store = GatewayStore(
+            Path(s.data_dir) / "gateway.db",
+            retention_max_events=s.bridge.resend_retention_events,
+            retention_max_age_s=s.bridge.resend_retention_days * 86400,
+        )
+        # systemd (Type=notify): READY=1 when serving, WATCHDOG=1 only while the ticker beats and the database
+        # thread answers (cloud_bridge/systemd.py). Both are no-ops when not started by systemd.
+        self.notifier = SdNotifier()
+        self.liveness = Liveness()
+        self.watchdog: Watchdog | None = None
+        self.bins: dict[str, Bin] = {b.id: b for b in s.bins}
+        weighing = [t.id for t in s.transmitters] + [b.id for b in s.ble_sensors]
+        self.bins_by_device: dict[str, list[str]] = {device_id: [] for device_id in weighing}
+        for b in s.bins:
+            if b.device is not None:  # None: a camera-only bin (no estimator; the camera drives its alerts)
+                self.bins_by_device[b.device].append(b.id)
+        self._settle_window_s: dict[str, float] = {d.id: d.settle_window_s for d in s.ble_sensors}
+        """Estimator stability window per BLE sensor: its adverts are seconds apart, not 10-80 samples/s."""
         self._by_device: dict[str, dict[int, tuple[str, BinEstimator]]] = {}
         """device → channel → (bin id, estimator); filled by _restore, read once per channel on the hot path."""
         self.estimators: dict[str, BinEstimator] = {}
-        self.rules = AlertRules(config.store.bins, config.store.alerts)
-        self.devices: dict[str, DeviceState] = {
-            t.id: DeviceState(t.id, t.bus, t.unit_id) for t in config.store.transmitters
-        }
-        for b in config.store.bins:
-            self.devices[b.device].bins.append(b.id)
+        self.rules = AlertRules(s.bins, s.alerts)
         self.alerts_stream = Broadcast()
         self.uplink: Uplink | None = None
         self.api_port: int | None = None
         self._on_ready = on_ready
         self._write_lock = asyncio.Lock()
         self.samples = 0
+        self.raw_taps: set[Callable[[Sample], None]] = set()
+        """Listeners to every weighing sample before the engine (the calibration wizard); empty = no cost."""
         self._proc = psutil.Process(os.getpid())
+        publish = self.alerts_stream.publish
+        self.modbus: ModbusCoordinator | None = None
+        self.scales: ScaleCoordinator | None = None
+        self.scanners: ScannerCoordinator | None = None
+        self.rfid: RfidCoordinator | None = None
+        self.ble: BleCoordinator | None = None
+        self.cameras: CameraCoordinator | None = None
+        if s.transmitters:
+            self.modbus = ModbusCoordinator(config, self.bins_by_device, self._on_sample, self)
+        if s.scales:
+            from edge.devices.scales import ScaleCoordinator  # noqa: PLC0415 - lazy: see the module docstring
+
+            self.scales = ScaleCoordinator(s.scales, publish)
+        if s.scanners:
+            from edge.devices.scanners import ScannerCoordinator  # noqa: PLC0415 - lazy: see the module docstring
+
+            self.scanners = ScannerCoordinator(s.scanners, s.barcodes, publish)
+        if s.rfid_readers:
+            from edge.devices.rfid import RfidCoordinator  # noqa: PLC0415 - lazy: see the module docstring
+
+            self.rfid = RfidCoordinator(s.rfid_readers, s.rfid_presence, publish)
+        if s.ble_sensors:
+            from edge.devices.ble import BleCoordinator  # noqa: PLC0415 - lazy: see the module docstring
+
+            self.ble = BleCoordinator(s.ble, s.ble_sensors, self, publish, backend=ble_backend)
+        if s.cameras:
+            from edge.devices.cameras import CameraCoordinator  # noqa: PLC0415 - lazy: OpenCV only when needed
+
+            self.cameras = CameraCoordinator(s.cameras, self.bins, self, publish, sources=camera_sources)
+
+    @property
+    def coordinators(self) -> list[Coordinator]:
+        """The device families this store has, in a fixed order."""
+        found: list[Coordinator | None] = [
+            self.modbus, self.scales, self.scanners, self.rfid, self.ble, self.cameras
+        ]  # fmt: skip
+        return [c for c in found if c is not None]
 
     # --- startup -------------------------------------------------------------------------------------------
 
@@ -152,15 +226,19 @@ class Gateway:
         """Rebuild estimators and active alerts from the database so a restart continues, not restarts."""
         saved = await self.store.load_bins()
         for bin_id, b in self.bins.items():
+            if b.device is None:
+                continue  # camera-only: no weight, no estimator
             row = saved.get(bin_id)
             self.estimators[bin_id] = BinEstimator(
                 b,
+                settle_window_s=self._settle_window_s.get(b.device, DEFAULT_SETTLE_WINDOW_S),
                 initial_count=row.count if row and not row.uncertain else None,
                 initial_baseline_g=row.baseline_g if row else None,
             )
-        self._by_device = {d: {} for d in self.devices}
+        self._by_device = {d: {} for d in self.bins_by_device}
         for bin_id, b in self.bins.items():
-            self._by_device[b.device][b.channel] = (bin_id, self.estimators[bin_id])
+            if b.device is not None:
+                self._by_device[b.device][b.channel] = (bin_id, self.estimators[bin_id])
         active = await self.store.alerts(active_only=True, limit=100_000)
         self.rules.restore([_transition_from_row(a) for a in active])
         _log.info(
@@ -172,50 +250,34 @@ class Gateway:
             await self.store.last_seq(),
         )
 
-    def _bus_settings(self) -> dict[str, RtuSettings | TcpSettings]:
-        out: dict[str, RtuSettings | TcpSettings] = {}
-        for bus in self.store_cfg.buses:
-            if isinstance(bus, RtuBus):
-                out[bus.id] = RtuSettings(
-                    port=bus.port,
-                    baudrate=bus.baudrate,
-                    parity=bus.parity,
-                    stopbits=bus.stopbits,
-                    bytesize=bus.bytesize,
-                    timeout_s=bus.timeout_s,
-                    turnaround_s=bus.turnaround_s,
-                )
-            else:
-                out[bus.id] = TcpSettings(host=bus.host, port=bus.port, timeout_s=bus.timeout_s)
-        return out
-
     async def run(self, *, serve_api: bool = True, uplink: bool = True) -> None:
         """Run until cancelled (or until a critical task fails)."""
-        async with self.store, AsyncExitStack() as stack:
+        async with self.store:
             await self._restore()
-            buses: dict[str, ModbusBus] = {}
-            for bus_id, settings in self._bus_settings().items():
-                buses[bus_id] = await stack.enter_async_context(ModbusBus(settings, bus_id))
-            async with asyncio.TaskGroup() as tg:
-                for tx in self.store_cfg.transmitters:
-                    rmap = self.config.profiles[tx.profile]
-                    channels = [self.bins[b].channel for b in self.devices[tx.id].bins]
-                    poller = TransmitterPoller(
-                        buses[tx.bus], tx.id, tx.unit_id, plan_poll(rmap, channels), tx.poll_interval_s
-                    )
-                    self.devices[tx.id].poller = poller
-                    tg.create_task(self._consume(poller), name=f"poller[{tx.id}]")
-                tg.create_task(self._ticker(), name="gateway.ticker")
-                if uplink:
-                    self.uplink = self._make_uplink()
-                    tg.create_task(self.uplink.run(), name="uplink")
-                if serve_api:
-                    server = ApiServer(create_app(self), self.store_cfg.api.host, self.store_cfg.api.port)
-                    tg.create_task(server.serve(), name="api")
-                    self.api_port = await server.started()
-                    _log.info("gateway API on http://%s:%d/", self.store_cfg.api.host, self.api_port)
-                if self._on_ready is not None:
-                    self._on_ready(self)
+            try:
+                await self._run_tasks(serve_api=serve_api, uplink=uplink)
+            finally:
+                self.notifier.stopping()
+
+    async def _run_tasks(self, *, serve_api: bool, uplink: bool) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for coordinator in self.coordinators:
+                tg.create_task(coordinator.run(), name=f"devices[{coordinator.family}]")
+            self.liveness.expect("gateway.ticker", TICKER_MAX_AGE_S)
+            tg.create_task(self._ticker(), name="gateway.ticker")
+            if uplink:
+                self.uplink = self._make_uplink()
+                tg.create_task(self.uplink.run(), name="uplink")
+            if serve_api:
+                server = ApiServer(create_app(self), self.store_cfg.api.host, self.store_cfg.api.port)
+                tg.create_task(server.serve(), name="api")
+                self.api_port = await server.started()
+                _log.info("gateway API on http://%s:%d/", self.store_cfg.api.host, self.api_port)
+            self.watchdog = Watchdog(self.notifier, self.liveness, probes={"database": self.store.last_seq})
+            tg.create_task(self.watchdog.run(), name="gateway.watchdog")
+            self.notifier.ready(f"{len(self.bins)} bins, {len(self.coordinators)} device families")
+            if self._on_ready is not None:
+                self._on_ready(self)
 
     def _make_uplink(self) -> Uplink:
         b = self.store_cfg.broker
@@ -247,14 +309,24 @@ class Gateway:
 
     # --- the pipeline --------------------------------------------------------------------------------------
 
-    async def _consume(self, poller: TransmitterPoller) -> None:
-        async for item in poller.run():
-            if isinstance(item, Sample):
-                events, transitions, bins = self._apply_sample(item)
-            else:
-                events, transitions, bins = self._apply_availability(item)
-            if events or transitions:
-                await self._persist(events, transitions, bins)
+    async def _on_sample(self, sample: Sample) -> None:
+        """One transmitter cycle (or one BLE advert's masses) through the engine; SQLite only if it changed."""
+        if self.raw_taps:
+            for tap in tuple(self.raw_taps):
+                tap(sample)
+        events, transitions, bins = self._apply_sample(sample)
+        if events or transitions:
+            await self._persist(events, transitions, bins)
+
+    async def weigh(self, device_id: str, ts: float, mono: float, readings: Sequence[ChannelReading]) -> None:
+        """`WeightSink`: readings of a weighing device other than a transmitter (a BLE shelf sensor)."""
+        await self._on_sample(Sample(device_id, ts, mono, tuple(readings)))
+
+    async def availability(self, device_id: str, online: bool, reason: str, ts: float) -> None:
+        """`WeightSink`: a weighing device went silent or came back."""
+        transitions = self._apply_availability(device_id, online, reason, ts)
+        if transitions:
+            await self._persist([], transitions, [])
 
     def _apply_sample(self, sample: Sample) -> tuple[list[CountChanged], list[AlertTransition], list[str]]:
         """Feed one transmitter cycle to the estimators; return what changed (usually nothing)."""
@@ -280,37 +352,84 @@ class Gateway:
                         self.rules.update_count(bin_id, ev.count, ev.ts, uncertain=ev.uncertain)
                     )
                 elif isinstance(ev, Ambiguous):
-                    transitions.extend(self.rules.ambiguous(bin_id, ev.ts, ev.reason))
+                    transitions.extend(
+                        self.rules.ambiguous(bin_id, ev.ts, self._with_facing_hint(bin_id, ev))
+                    )
                 elif isinstance(ev, SensorFault):
                     transitions.extend(self.rules.sensor_fault(bin_id, ev.kind, ev.active, ev.ts, ev.detail))
         return counts, transitions, touched
 
-    def _apply_availability(
-        self, item: Availability
-    ) -> tuple[list[CountChanged], list[AlertTransition], list[str]]:
-        """A silent transmitter is a sensor fault on every bin it carries; its return clears them."""
+    def _with_facing_hint(self, bin_id: str, ev: Ambiguous) -> str:
+        """An ambiguous weight change's detail, plus what a camera watching the bin sees (if one can tell).
+
+        Recorded, not acted on: the hint goes into the ambiguous alert's message for staff; the count is not
+        resolved from it. The tracker needs a few agreeing frames, so right after the change the hint may
+        still show the shelf before it (docs/cameras.md).
+        """
+        if self.cameras is None:
+            return ev.reason
+        hint = self.cameras.board.facing_hint(bin_id)
+        return ev.reason if hint is None else f"{ev.reason}; camera sees the facing {hint}"
+
+    async def facing_changed(self, event: FacingStateChanged) -> None:
+        """`FacingSink`: a camera's facing state changed → `facing.changed` in the outbox; for a camera-only
+        bin, its `out`/`low` alerts from the combined state of the bin's facings (`FacingBoard.facing_hint`)."""
+        data = FacingChanged(
+            camera_id=event.camera_id,
+            roi_id=event.roi_id,
+            sku=event.sku,
+            bin_id=event.bin_id,
+            state=event.state,
+            score=None if event.score is None else round(min(max(event.score, 0.0), 1.0), 4),
+            reason=event.reason,
+        )
+        new = NewEvent(
+            EventType.FACING_CHANGED, rfc3339(event.ts), data.model_dump(mode="json"), PRIORITY_LEVEL
+        )
         transitions: list[AlertTransition] = []
-        state = self.devices.get(item.device_id)
-        if state is None:
-            return [], [], []
-        for bin_id in state.bins:
-            transitions.extend(
-                self.rules.sensor_fault(bin_id, "silent", not item.online, item.ts, item.reason)
-            )
-        return [], transitions, []
+        b = self.bins.get(event.bin_id) if event.bin_id is not None else None
+        if b is not None and b.device is None and self.cameras is not None:
+            state = self.cameras.board.facing_hint(b.id) or "unknown"
+            transitions = self.rules.facing(b.id, state, event.ts)
+        await self._persist([], transitions, [], extra=[new])
+
+    async def commissioning_written(self, record: Commissioning) -> None:
+        """The installer wrote the commissioning record → a `commissioning` event in the outbox, through the
+        same transaction path as every other event, so it reaches the hub at least once (and a `cmd/resend`
+        can replay it). Low priority (`PRIORITY_LEVEL`): a snapshot the next one supersedes, never worth
+        more than a sale or an alert."""
+        new = NewEvent(
+            EventType.COMMISSIONING, record.generated_at, record.model_dump(mode="json"), PRIORITY_LEVEL
+        )
+        await self._persist([], [], [], extra=[new])
+
+    def _apply_availability(
+        self, device_id: str, online: bool, reason: str, ts: float
+    ) -> list[AlertTransition]:
+        """A silent weighing device is a sensor fault on every bin it carries; its return clears them."""
+        transitions: list[AlertTransition] = []
+        for bin_id in self.bins_by_device.get(device_id, ()):
+            transitions.extend(self.rules.sensor_fault(bin_id, "silent", not online, ts, reason))
+        return transitions
 
     async def _ticker(self) -> None:
         while True:
+            self.liveness.beat("gateway.ticker")
             await asyncio.sleep(TICK_S)
             transitions = self.rules.tick(time.time())
             if transitions:
                 await self._persist([], transitions, [])
 
     async def _persist(
-        self, counts: Sequence[CountChanged], transitions: Sequence[AlertTransition], touched: Sequence[str]
+        self,
+        counts: Sequence[CountChanged],
+        transitions: Sequence[AlertTransition],
+        touched: Sequence[str],
+        *,
+        extra: Sequence[NewEvent] = (),
     ) -> None:
         """One transaction for everything a sample caused, then tell live subscribers."""
-        events: list[NewEvent] = []
+        events: list[NewEvent] = list(extra)
         for c in counts:
             b = self.bins[c.bin_id]
             data = StockChanged(
@@ -374,12 +493,43 @@ class Gateway:
         await self._persist([], [transition], [])
         return await self.store.alert(alert_id)
 
+    async def apply_bin(self, b: Bin) -> None:
+        """Run a bin with a new calibration or binding now, without a restart (the installer API calls it).
+
+        When what the estimator weighs with changes (calibration, unit weight, tare, channel) the bin gets a
+        fresh estimator with no count: the plate was just emptied and loaded, so the old count and baseline
+        say nothing; the first stable level is counted absolutely (DOMAIN.md, reconcile). The cleared count is
+        persisted at once so a restart before that level does not resurrect the old one. A new SKU alone keeps
+        the count.
+        """
+        old = self.bins[b.id]
+        if b.device is None or old.device is None:
+            raise ValueError(f"bin {b.id} is not weighed: nothing to calibrate or count")
+        self.bins[b.id] = b
+        self.rules.rebind(b)  # alerts name the new SKU/limits; their state is kept
+        weighed = ("device", "channel", "unit_weight_g", "unit_weight_spread_g", "tare_g", "calibration")
+        if all(getattr(old, f) == getattr(b, f) for f in weighed):
+            self.alerts_stream.publish({"type": "stock", "bin": self.bin_view(b.id)})
+            return
+        estimator = BinEstimator(
+            b, settle_window_s=self._settle_window_s.get(b.device, DEFAULT_SETTLE_WINDOW_S)
+        )
+        self.estimators[b.id] = estimator
+        self._by_device[old.device].pop(old.channel, None)
+        self._by_device.setdefault(b.device, {})[b.channel] = (b.id, estimator)
+        row = BinRow(b.id, b.sku, None, 0.0, None, True, time.time())
+        async with self._write_lock:
+            await self.store.record([], [row], [])
+        self.alerts_stream.publish({"type": "stock", "bin": self.bin_view(b.id)})
+
     def bin_view(self, bin_id: str) -> dict[str, Any]:
         """A bin's live state for the API and the board."""
         b = self.bins[bin_id]
         est = self.estimators.get(bin_id)
         count = est.count if est else None
         level = stock_level(b, count)
+        if b.device is None:  # camera-only: the level is what the camera sees
+            level = _FACING_LEVEL.get(self._facing_view(b.id) or "", "unknown")
         return {
             "bin_id": b.id,
             "sku": b.sku,
@@ -394,9 +544,14 @@ class Gateway:
             "max_stock": b.max_stock,
             "unit_weight_g": b.unit_weight_g,
             "device": b.device,
-            "channel": b.channel,
+            "channel": b.channel if b.device is not None else None,
+            "facing": self._facing_view(b.id),
             "last_sample_ts": est.last_sample_ts if est else None,
         }
+
+    def _facing_view(self, bin_id: str) -> str | None:
+        """What the cameras see of the bin (`ok`/`low`/`empty`), None without a camera or when unsure."""
+        return None if self.cameras is None else self.cameras.board.facing_hint(bin_id)
 
     def alert_view(self, row: AlertRow) -> dict[str, Any]:
         """An alert row with the bin's names, for the API and the board."""
@@ -406,40 +561,18 @@ class Gateway:
         out["location"] = b.location if b else ""
         return out
 
-    def device_views(self) -> list[dict[str, Any]]:
-        """Per-transmitter health for the API."""
-        out = []
+    def device_health(self) -> list[DeviceHealthView]:
+        """Every device of every family, in config order per family."""
         now = time.monotonic()
-        for d in self.devices.values():
-            counters: dict[str, Any] = d.poller.counters.snapshot() if d.poller else {}
-            last_seen = d.poller.counters.last_seen_mono if d.poller else None
-            out.append(
-                {
-                    "device_id": d.device_id,
-                    "bus": d.bus_id,
-                    "unit_id": d.unit_id,
-                    "online": bool(d.poller and d.poller.counters.online),
-                    "last_seen_age_s": None if last_seen is None else round(now - last_seen, 3),
-                    "bins": list(d.bins),
-                    "counters": counters,
-                }
-            )
-        return out
+        return [view for c in self.coordinators for view in c.health(now)]
+
+    def device_views(self) -> list[dict[str, Any]]:
+        """Per-device health for the API (`family` says which fields beyond the common ones to expect)."""
+        return [view.as_dict() for view in self.device_health()]
 
     async def heartbeat(self) -> Heartbeat:
         """The `health` payload: process, disk, outbox and devices."""
         depth, oldest = await self.store.depth()
-        devices = [
-            DeviceHealth(
-                device_id=d["device_id"],
-                online=d["online"],
-                last_seen_age_s=d["last_seen_age_s"],
-                polls=int(d["counters"].get("polls", 0)),
-                errors=int(d["counters"].get("errors", 0)),
-                last_error=d["counters"].get("last_error"),
-            )
-            for d in self.device_views()
-        ]
         return Heartbeat(
             gateway_id=self.gateway_id,
             boot_id=self.boot_id,
@@ -452,12 +585,14 @@ class Gateway:
             outbox_depth=depth,
             outbox_oldest_age_s=None if oldest is None else round(oldest, 1),
             last_seq=await self.store.last_seq(),
-            devices=devices,
+            devices=[view.to_contract() for view in self.device_health()],
             active_alerts=len(self.rules.active()),
         )
 
     async def _on_command(self, name: str, command: Command) -> CommandResult:
-        """Commands from the hub. None are gateway-specific yet; the uplink answers `ping` itself."""
+        """Commands from the hub; the uplink answers `ping` itself."""
+        if name == RESEND_COMMAND:
+            return await handle_resend(self.store, command)
         raise UnknownCommandError(name)
 
 
@@ -476,6 +611,9 @@ def stock_level(b: Bin, count: int | None) -> str:
         return "over"
     return "ok"
 
+
+_FACING_LEVEL = {"empty": "out", "low": "low", "ok": "ok"}
+"""A camera-only bin's board level from its facing state."""
 
 _EVENT_FOR_STATE = {
     AlertState.RAISED: EventType.ALERT_RAISED,

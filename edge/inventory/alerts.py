@@ -17,6 +17,11 @@ ambiguous      an ambiguity was reported    *immediately* on the next confirmed 
                                             ambiguity is an event, and the count answering it is final)
 =============  ===========================  =============================================================
 
+Camera-only bins (no weighing device, issue #8) have no count; `facing(bin_id, state, ts)` drives the same
+`out`/`low` conditions from the camera's facing state instead — out: raise on `empty`, resolve on `low`/`ok`;
+low: raise on `low`/`empty`, resolve on `ok` — with the same dwell. `unknown` (camera offline, moved, view
+blocked too long) neither raises nor resolves and cancels pending timers, as an unknown count does.
+
 Why: the gap between the raise and the resolve thresholds (hysteresis) and the dwell (the condition must hold
 continuously; leaving it restarts the timer) stop a restock that bounces around a threshold — a clerk
 putting items on and taking one off again, a hand leaning on the plate — from flapping alerts at the staff.
@@ -79,7 +84,7 @@ class _Cond:
 
 
 class _BinRules:
-    __slots__ = ("ambiguous_detail", "bin", "conds", "count", "fault_details", "last_raise_ms")
+    __slots__ = ("ambiguous_detail", "bin", "conds", "count", "facing", "fault_details", "last_raise_ms")
 
     def __init__(self, bin: Bin) -> None:
         self.bin = bin
@@ -88,6 +93,8 @@ class _BinRules:
         self.fault_details: dict[str, str] = {}
         self.ambiguous_detail: str | None = None
         self.last_raise_ms: dict[AlertKind, int] = {}
+        self.facing: str | None = None
+        """The camera's state of a camera-only bin's facing(s) (`facing()`); None for weighed bins."""
 
 
 class AlertRules:
@@ -99,6 +106,13 @@ class AlertRules:
         self._bins = {b.id: _BinRules(b) for b in bins}
         self._by_id: dict[str, tuple[_BinRules, _Cond]] = {}
         self._pending: set[tuple[str, AlertKind]] = set()
+
+    def rebind(self, b: Bin) -> None:
+        """A bin's config changed live (installer binding or calibration): alerts name the new SKU/limits from
+        now on; the rules' state (conditions, dwell timers, active alerts) is kept."""
+        rules = self._bins.get(b.id)
+        if rules is not None:
+            rules.bin = b
 
     # --- inputs --------------------------------------------------------------------------------------------
 
@@ -147,6 +161,28 @@ class AlertRules:
         else:
             br.fault_details.pop(kind, None)
         self._evaluate_fault(br, ts, out)
+        return out
+
+    def facing(self, bin_id: str, state: str, ts: float) -> list[AlertTransition]:
+        """A camera-only bin's facing state changed (`ok`/`low`/`empty`/`unknown`): drive `out` and `low`.
+
+        The camera stands in for the count (see the module docstring); call it only for bins without a
+        weighing device — a weighed bin's level alerts come from its count.
+        """
+        br = self._bins.get(bin_id)
+        if br is None:
+            return []
+        out = self._fire_due(ts)
+        br.facing = state
+        known = state in ("ok", "low", "empty")
+        levels = (
+            (AlertKind.OUT, state == "empty", state in ("low", "ok")),
+            (AlertKind.LOW, state in ("low", "empty"), state == "ok"),
+        )
+        for kind, raise_now, clear_now in levels:
+            self._drive(
+                br, br.conds[kind], raise_now=known and raise_now, clear_now=clear_now, ts=ts, out=out
+            )
         return out
 
     def apply(self, event: EngineEvent) -> list[AlertTransition]:
@@ -376,6 +412,8 @@ class AlertRules:
         if kind is AlertKind.OUT:
             return f"{b.sku} out of stock at {b.id}"
         if kind is AlertKind.LOW:
+            if count is None and br.facing is not None:
+                return f"{b.sku} low at {b.id}: the camera sees the facing {br.facing}"
             return f"{b.sku} low at {b.id}: {count} left, safety stock {b.safety_stock}"
         if kind is AlertKind.OVER:
             return f"{b.sku} over capacity at {b.id}: {count} on the shelf, max {b.max_stock}"
@@ -390,4 +428,6 @@ class AlertRules:
             return f"{b.sku} at {b.id}: sensor back to normal"
         if kind is AlertKind.AMBIGUOUS:
             return f"{b.sku} at {b.id}: count confirmed at {count}"
+        if count is None and br.facing is not None:
+            return f"{b.sku} at {b.id}: {kind} cleared, the camera sees the facing {br.facing}"
         return f"{b.sku} at {b.id}: {kind} cleared, {count} on the shelf"

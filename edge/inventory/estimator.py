@@ -22,10 +22,12 @@ Why each piece:
 * **Stability** = the last `settle_window_s` of samples has a standard deviation ≤ 1.5σ, and its older and
   newer halves agree (≤ 2.5σ of their means: no slow approach to the level), and the device's own stable
   bit, when it has one, is not False — it may veto, it is never required (DOMAIN.md: "count only stable
-  readings"). The new level is the mean from the *newer* half of that first stable window on (the older half
-  proved stability but may hold the end of the hand's motion or the plate's ring-down); when the noise is
-  large the estimator keeps averaging (up to 6 windows) until the tolerance can be met, so precision and
-  latency trade automatically. Typical decision: 0.6 s after the hand leaves the plate (0.9 s p99).
+  readings"). The window is `settle_window_s`, or 2.5 sample intervals when the transmitter is polled so
+  slowly that the configured window could not hold the 3 samples a verdict needs. The new level is the mean
+  from the *newer* half of that first stable window on (the older half proved stability but may hold the
+  end of the hand's motion or the plate's ring-down); when the noise is large the estimator keeps
+  averaging (up to 6 windows) until the tolerance can be met, so precision and latency trade
+  automatically. Typical decision: 0.6 s after the hand leaves the plate (0.9 s p99).
 * **Leaving a level** is detected three ways: one sample beyond 5σ (fast, for real steps), the window mean
   beyond 4σ of the mean (slow, for steps small next to the noise), or a window that shakes (σ_w > 2.5σ, a
   hand on the plate). Samples join the baseline only once they leave the window, so a step caught by the
@@ -102,6 +104,16 @@ MIN_HOLD_WINDOWS: Final = 0.25
 TREND_K: Final = 2.5
 MAX_WAIT_WINDOWS: Final = 6.0
 _RESUM_EVERY: Final = 4096
+SAMPLE_INTERVALS_PER_WINDOW: Final = 2.5
+"""The window spans at least this many sample intervals, so it can hold MIN_SAMPLES samples when the
+transmitter is polled slowly: at 1 Hz a 0.5 s window holds one sample and no level could ever be stable
+(bench/peer_thingsboard, 2 transmitters at 1 Hz: no count at all before this). Half an interval of margin
+keeps poll jitter from dropping the third sample. At ≥ 5 Hz the configured window is wider and is used."""
+_DT_EMA: Final = 0.1
+"""Weight of one new interval in the running sample interval."""
+_DT_JUMP: Final = 4.0
+"""One interval counts at most this many times the running one: a gap (transmitter offline) moves the
+window only a little, while a real change of poll rate is followed within ~10 samples."""
 
 _LEAVE_SAMPLE2: Final = LEAVE_SAMPLE_K * LEAVE_SAMPLE_K
 _LEAVE_MEAN2: Final = LEAVE_MEAN_K * LEAVE_MEAN_K
@@ -134,6 +146,7 @@ class BinEstimator:
         "_csum",
         "_ct0",
         "_drift_limit2",
+        "_dt",
         "_faults",
         "_flagged",
         "_inv_bn_eff",
@@ -150,6 +163,7 @@ class BinEstimator:
         "_p2",
         "_ref",
         "_resolvable_var",
+        "_settle_cfg",
         "_settle_s",
         "_span",
         "_spread_var",
@@ -199,11 +213,12 @@ class BinEstimator:
         self._zero = bin.calibration.zero
         self._span = bin.calibration.span_g_per_unit
         self._tare = bin.tare_g
-        self._settle_s = settle_window_s
-        self._min_span_s = 0.95 * settle_window_s
-        self._min_hold_s = MIN_HOLD_WINDOWS * settle_window_s
+        self._settle_cfg = settle_window_s
+        self._dt = 0.0
+        """Running sample interval (s); 0 until two samples have been seen."""
+        self._settle_s = self._min_span_s = self._min_hold_s = self._max_wait_s = 0.0
+        self._set_window(settle_window_s)
         self._resolvable_var = (RESOLVABLE_FRACTION * u) ** 2
-        self._max_wait_s = MAX_WAIT_WINDOWS * settle_window_s
         self._target_tol2 = (TARGET_TOL_FRACTION * u) ** 2
         self._tol_floor2 = (TOL_FLOOR_FRACTION * u) ** 2
         self._leave_floor2 = (LEAVE_MEAN_FLOOR_FRACTION * u) ** 2
@@ -306,6 +321,18 @@ class BinEstimator:
             "last_sample_ts": self.last_sample_ts,
         }
 
+    @property
+    def settle_window_s(self) -> float:
+        """The window in use: the configured one, or SAMPLE_INTERVALS_PER_WINDOW intervals if wider."""
+        return self._settle_s
+
+    def _set_window(self, settle_s: float, min_span_s: float | None = None) -> None:
+        """The stability window and the times derived from it (rarely: at start and on a poll-rate change)."""
+        self._settle_s = settle_s
+        self._min_span_s = 0.95 * settle_s if min_span_s is None else min_span_s
+        self._min_hold_s = MIN_HOLD_WINDOWS * settle_s
+        self._max_wait_s = MAX_WAIT_WINDOWS * settle_s
+
     # --- the hot path ----------------------------------------------------------------------------------
 
     def feed(
@@ -338,6 +365,18 @@ class BinEstimator:
         t = self._p1_ts
         self._p2 = p1
         self._p1_ts = ts
+        dt = ts - t
+        if dt > 0.0:
+            d = self._dt
+            d = dt if d == 0.0 else d + _DT_EMA * ((dt if dt < _DT_JUMP * d else _DT_JUMP * d) - d)
+            self._dt = d
+            need = SAMPLE_INTERVALS_PER_WINDOW * d
+            if need > self._settle_cfg:
+                if abs(need - self._settle_s) > 0.05 * self._settle_s:
+                    # A window of MIN_SAMPLES samples spans (MIN_SAMPLES - 1) intervals: full from there.
+                    self._set_window(need, 0.95 * (MIN_SAMPLES - 1) * d)
+            elif self._settle_s != self._settle_cfg:
+                self._set_window(self._settle_cfg)
         y = p1
         if p2 is not None:
             # Median of three = the middle sample clamped between its neighbours.

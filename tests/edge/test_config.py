@@ -65,6 +65,17 @@ def test_demo_store_meets_the_spine_layout() -> None:
     assert len(cfg.version) == 12
 
 
+def test_demo_store_has_every_device_family() -> None:
+    s = load_config(DEMO).store
+    (scale,) = s.scales
+    assert (scale.protocol, scale.lane) == ("mtsics", "lane1")
+    assert {(sc.role, sc.lane) for sc in s.scanners} == {("lane", "lane1"), ("handheld", None)}
+    assert {r.antennas[0].kind for r in s.rfid_readers} == {"shelf", "exit"}
+    assert sorted(b.keyed for b in s.ble_sensors) == [False, True]
+    ble_ids = {b.id for b in s.ble_sensors}
+    assert {b.device for b in s.bins if b.device in ble_ids} == ble_ids, "each BLE sensor weighs a bin"
+
+
 def test_good_config_is_frozen_and_resolves_data_dir(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, GOOD))
     assert cfg.store.data_dir == (tmp_path / "var").resolve()
@@ -144,3 +155,250 @@ def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
 def test_config_reference_doc_matches_the_models() -> None:
     committed = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
     assert committed == render(), "docs/config.md is stale: run `python -m edge.config_doc > docs/config.md`"
+
+
+# --- every device family ------------------------------------------------------------------------------------
+
+FAMILIES = """\
+store_id: s2
+buses:
+  - {id: rtu1, kind: rtu, port: /dev/ttyUSB0}
+transmitters:
+  - {id: tx1, bus: rtu1, unit_id: 1, profile: wt-int32-abcd}
+scales:
+  - {id: scale1, port: /dev/ttyUSB1, lane: lane1}
+  - {id: scale2, port: /dev/ttyUSB4, protocol: nci}
+scanners:
+  - {id: scan1, port: /dev/ttyACM0, role: lane, lane: lane1}
+  - {id: hh1, port: /dev/ttyACM1, role: handheld}
+rfid_readers:
+  - id: rfid1
+    port: /dev/ttyUSB2
+    antennas:
+      - {antenna: 1, zone: shelf-a, kind: shelf}
+  - id: rfid2
+    port: /dev/ttyUSB3
+    antennas:
+      - {antenna: 1, zone: exit-1, kind: exit}
+ble:
+  keys_file: secrets/ble-keys.yaml
+ble_sensors:
+  - {id: ble1, mac: "A4:C1:38:00:00:01"}
+  - {id: ble2, mac: "A4:C1:38:00:00:02", keyed: true, channels: 2}
+bins:
+  - {id: A01, sku: "06901234567892", name: {zh: 可乐, en: Cola}, unit_weight_g: 350, safety_stock: 4,
+     max_stock: 12, device: tx1, channel: 0}
+  - {id: E01, sku: "06902083886417", name: {zh: 水, en: Water}, unit_weight_g: 570, safety_stock: 2,
+     max_stock: 8, device: ble2, channel: 1}
+"""
+
+
+def _line_of(text: str, needle: str) -> int:
+    """1-based line of the first line containing `needle` (where the config loader must point)."""
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def _one_issue(tmp_path: Path, text: str) -> tuple[str, int | None, str]:
+    issues = _issues(tmp_path, text)
+    assert len(issues) == 1, issues
+    return issues[0]
+
+
+def test_every_family_loads_with_keys_file_beside_the_config(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, FAMILIES))
+    s = cfg.store
+    assert [d.id for d in s.scales] == ["scale1", "scale2"]
+    assert s.scales[1].protocol == "nci"
+    assert [(d.role, d.lane) for d in s.scanners] == [("lane", "lane1"), ("handheld", None)]
+    assert [(r.antennas[0].zone, r.antennas[0].kind) for r in s.rfid_readers] == [
+        ("shelf-a", "shelf"),
+        ("exit-1", "exit"),
+    ]
+    assert s.ble.keys_file == (tmp_path / "secrets" / "ble-keys.yaml").resolve()
+    assert s.bins[1].device == "ble2"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "path", "line_needle", "message"),
+    [
+        (
+            "{id: hh1,",
+            "{id: scale1,",
+            "scanners[1].id",
+            "{id: scale1, port: /dev/ttyACM1",
+            "duplicate device id 'scale1' (first at scales[0])",
+        ),
+        (
+            "id: rfid2",
+            "id: ble1",
+            "ble_sensors[0].id",
+            "{id: ble1, mac",
+            "duplicate device id 'ble1' (first at rfid_readers[1])",
+        ),
+        (
+            "port: /dev/ttyACM1",
+            "port: /dev/ttyUSB1",
+            "scanners[1].port",
+            "id: hh1",
+            "port /dev/ttyUSB1 already used by scales[0]",
+        ),
+        (
+            "port: /dev/ttyUSB1",
+            "port: /dev/ttyUSB0",
+            "scales[0].port",
+            "id: scale1",
+            "port /dev/ttyUSB0 already used by buses[0]",
+        ),
+        (
+            "device: tx1",
+            "device: scan1",
+            "bins[0].device",
+            "device: scan1",
+            "device 'scan1' is a scanner; a bin is weighed by a transmitter or a BLE shelf sensor",
+        ),
+        ("device: tx1", "device: nope", "bins[0].device", "device: nope", "unknown device 'nope'"),
+        (
+            "device: ble2, channel: 1",
+            "device: ble2, channel: 2",
+            "bins[1].channel",
+            "device: ble2",
+            "channel 2 outside 0..1 of BLE sensor 'ble2' (its `channels`)",
+        ),
+        (
+            "ble:\n  keys_file: secrets/ble-keys.yaml\n",
+            "",
+            "ble_sensors[1].keyed",
+            "keyed: true",
+            "a keyed sensor needs `ble.keys_file` (its key lives in that secrets file, never here)",
+        ),
+        (
+            '"A4:C1:38:00:00:02"',
+            '"A4:C1:38:00:00:01"',
+            "ble_sensors[1].mac",
+            "id: ble2",
+            "duplicate BLE MAC 'A4:C1:38:00:00:01' (first at ble_sensors[0])",
+        ),
+        (
+            "role: handheld}",
+            "role: lane}",
+            "scanners[1].lane",
+            "id: hh1",
+            "a scanner with role: lane needs `lane` (the lane's id)",
+        ),
+        (
+            "role: handheld}",
+            "role: handheld, lane: lane1}",
+            "scanners[1].lane",
+            "id: hh1",
+            "only a role: lane scanner belongs to a lane (this is handheld)",
+        ),
+        (
+            "role: handheld}",
+            "role: lane, lane: lane1}",
+            "scanners[1].lane",
+            "id: hh1",
+            "lane 'lane1' already has its scanner scanners[0]",
+        ),
+        (
+            "protocol: nci}",
+            "protocol: nci, lane: lane1}",
+            "scales[1].lane",
+            "id: scale2",
+            "lane 'lane1' already has scales[0]",
+        ),
+        (
+            "port: /dev/ttyUSB1, lane: lane1}",
+            "port: /dev/ttyUSB1, lane: lane9}",
+            "scales[0].lane",
+            "id: scale1",
+            "lane 'lane9' has no scanner (add one with role: lane, lane: lane9)",
+        ),
+        (
+            "exit-1, kind: exit}",
+            "shelf-a, kind: exit}",
+            "rfid_readers[1].antennas[0].kind",
+            "shelf-a, kind: exit",
+            "zone 'shelf-a' is kind 'shelf' at rfid_readers[0].antennas[0], not 'exit'",
+        ),
+        (
+            "{antenna: 1, zone: exit-1",
+            "{antenna: 2, zone: exit-1",
+            "rfid_readers[1].antennas[0].antenna",
+            "antenna: 2",
+            "an M100 module has one antenna port (1); use one reader per antenna, not 2",
+        ),
+    ],
+)
+def test_family_cross_checks_name_key_and_line(
+    tmp_path: Path, *, old: str, new: str, path: str, line_needle: str, message: str
+) -> None:
+    assert old in FAMILIES
+    text = FAMILIES.replace(old, new, 1)
+    assert _one_issue(tmp_path, text) == (path, _line_of(text, line_needle), message)
+
+
+def test_family_field_errors_name_key_and_line(tmp_path: Path) -> None:
+    text = FAMILIES.replace('"A4:C1:38:00:00:01"', '"a4:c1:38:00:00:01"').replace(
+        "role: handheld", "role: pos"
+    )
+    issues = {p: (line, msg) for p, line, msg in _issues(tmp_path, text)}
+    assert issues["ble_sensors[0].mac"][0] == _line_of(text, "a4:c1")
+    assert "should match pattern" in issues["ble_sensors[0].mac"][1]
+    assert issues["scanners[1].role"][0] == _line_of(text, "role: pos")
+    assert "'lane', 'handheld' or 'receiving'" in issues["scanners[1].role"][1]
+
+    text = FAMILIES.replace("protocol: nci", "protocol: dibal")
+    path, line, msg = _one_issue(tmp_path, text)
+    assert (path, line) == ("scales[1].protocol", _line_of(text, "dibal"))
+    assert "'mtsics' or 'nci'" in msg
+
+    text = FAMILIES.replace(
+        "      - {antenna: 1, zone: shelf-a, kind: shelf}\n",
+        "      - {antenna: 1, zone: shelf-a, kind: shelf}\n      - {antenna: 1, zone: shelf-b}\n",
+    )
+    assert (
+        "rfid_readers[0].antennas[1].antenna",
+        _line_of(text, "shelf-b"),
+        "antenna 1 of 'rfid1' is listed twice",
+    ) in _issues(tmp_path, text)
+
+
+def test_member_patterns_must_be_regular_expressions(tmp_path: Path) -> None:
+    text = (
+        FAMILIES.replace("role: handheld}", "role: handheld, member_patterns: ['^ok$', '^(unclosed']}")
+        + "barcodes:\n  member_patterns:\n    - '[z-a]'\n"
+    )
+    issues = {p: (line, msg) for p, line, msg in _issues(tmp_path, text)}
+    assert set(issues) == {"scanners[1].member_patterns[1]", "barcodes.member_patterns[0]"}
+    assert issues["scanners[1].member_patterns[1]"][0] == _line_of(text, "(unclosed")
+    assert issues["scanners[1].member_patterns[1]"][1].startswith("not a valid regular expression: ")
+    assert issues["barcodes.member_patterns[0]"][0] == _line_of(text, "[z-a]")
+
+
+def test_presence_windows_and_an_empty_store(tmp_path: Path) -> None:
+    text = FAMILIES + "rfid_presence:\n  min_window_s: 12\n  max_window_s: 4\n"
+    path, line, msg = _one_issue(tmp_path, text)
+    assert (path, line) == ("rfid_presence", _line_of(text, "rfid_presence:"))
+    assert msg == "min_window_s (12.0) must not exceed max_window_s (4.0)"
+
+    path, line, msg = _one_issue(tmp_path, "store_id: empty\n")
+    assert path == ""
+    assert (
+        msg
+        == "no devices: configure at least one of transmitters, scales, scanners, rfid_readers, ble_sensors,"
+        " cameras"
+    )
+
+
+def test_a_store_of_only_ble_sensors_is_valid(tmp_path: Path) -> None:
+    text = """\
+store_id: s3
+ble_sensors:
+  - {id: ble1, mac: "A4:C1:38:00:00:01"}
+bins:
+  - {id: E01, sku: "06902083886417", name: {zh: 水, en: Water}, unit_weight_g: 570, safety_stock: 2,
+     max_stock: 8, device: ble1, channel: 0}
+"""
+    cfg = load_config(_write(tmp_path, text))
+    assert cfg.store.buses == []
+    assert cfg.store.bins[0].calibration.span_g_per_unit == 1.0, "BLE bins take grams as they come"
