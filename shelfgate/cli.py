@@ -10,16 +10,14 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from edge import __version__
 from edge.logs import setup_logging
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_BAD_INPUT = 2
+from shelfgate.exits import EXIT_BAD_INPUT, EXIT_OK
 
 _log = logging.getLogger("shelfgate")
 
@@ -38,7 +36,8 @@ def _check_config(args: argparse.Namespace) -> int:
     s = cfg.store
     print(
         f"OK {args.file}: store {s.store_id}, {len(s.buses)} buses, {len(s.transmitters)} transmitters,"
-        f" {len(s.bins)} bins, config version {cfg.version}"
+        f" {len(s.scales)} scales, {len(s.scanners)} scanners, {len(s.rfid_readers)} RFID readers,"
+        f" {len(s.ble_sensors)} BLE sensors, {len(s.cameras)} cameras, {len(s.bins)} bins, config version {cfg.version}"
     )
     return EXIT_OK
 
@@ -52,8 +51,18 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_BAD_INPUT
+
+    async def serve() -> None:
+        # systemd stops a service with SIGTERM: treat it like Ctrl-C — cancel, let every task close its devices,
+        # the uplink send its clean offline status and the store close — instead of dying mid-write.
+        main_task = asyncio.current_task()
+        assert main_task is not None  # noqa: S101 — always inside asyncio.run
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await Gateway(cfg).run()
+
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(Gateway(cfg).run())
+        asyncio.run(serve())
     return EXIT_OK
 
 
@@ -109,6 +118,28 @@ def build_parser() -> argparse.ArgumentParser:
     from shelfgate.decode import add_parser as add_decode
 
     add_decode(sub)
+
+    from shelfgate.discover import add_parser as add_discover
+
+    add_discover(sub)
+
+    from shelfgate.backup import add_parsers as add_backup
+    from shelfgate.install import add_parser as add_install
+
+    add_backup(sub)
+    add_install(sub)
+
+    from shelfgate.pki import add_parser as add_pki
+
+    add_pki(sub)
+
+    from shelfgate.status import add_parser as add_status
+
+    add_status(sub)
+
+    from shelfgate.calibrate import add_parser as add_calibrate
+
+    add_calibrate(sub)
 
     d = sub.add_parser("demo", help="broker + simulated store + gateway + hub, all on this machine")
     d.add_argument("--config", type=Path, default=None, help="store config (default: config/demo-store.yaml)")

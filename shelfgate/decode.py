@@ -16,8 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from drivers.modbus.protocol import ProtocolError, ValueType, WordOrder, decode_value
-
-EXIT_BAD_INPUT = 2
+from shelfgate.exits import EXIT_BAD_INPUT
 
 
 def _words(text: str) -> list[int]:

@@ -1,9 +1,15 @@
 """`shelfgate demo` and `shelfgate sim`: a whole simulated store on this machine.
 
 The demo starts, in one process root: a private broker (Mosquitto on a free loopback port when it is
-installed, else amqtt embedded), the simulated transmitters of the demo store (one RTU bus over a pty null
-modem, one Modbus TCP bus), the gateway with its staff board, and a hub. It prints one `name: URL` line per
-thing it serves, then runs until Ctrl-C or `--duration`, and stops everything it started.
+installed, else amqtt embedded), the simulated devices of the demo store (transmitters on one RTU bus over a
+pty null modem and one Modbus TCP bus; a scale, scanners and RFID modules each on a pty; BLE shelf sensors on
+an in-memory radio the gateway hears through a fake bleak backend; a synthetic shelf camera per `synthetic:`
+camera, handed to the gateway through its `camera_sources` seam, whose camera-only facings run empty and are
+restocked now and then), the gateway with its staff board, and a hub. It prints one `name: URL` line per thing it serves (`sim-{device}: …` per simulator), then runs until
+Ctrl-C or `--duration`, and stops everything it started.
+
+Keyed BLE sensors get a fresh random AES key per run, written to `<data-dir>/ble-keys.yaml` with mode 0600 —
+the same secrets-file path a real gateway reads (`ble.keys_file`); the simulated sensors encrypt with it.
 """
 
 from __future__ import annotations
@@ -12,17 +18,33 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from stdnum import ean
+
 from edge.config import ConfigError, LoadedConfig, RtuBus, TcpBus, load_config
-from firmware_sims.layout import SimBin, SimBus, SimLayout, SimTransmitter, demo_initial_count
-from firmware_sims.runner import SimStore
+from firmware_sims.layout import (
+    SimBin,
+    SimBleSensor,
+    SimBus,
+    SimCode,
+    SimLayout,
+    SimRfidReader,
+    SimScale,
+    SimScanner,
+    SimTransmitter,
+    demo_initial_count,
+    sgtin_tags,
+)
+from firmware_sims.runner import ShelfCameraSim, SimStore
 
 _log = logging.getLogger("shelfgate.demo")
 
@@ -69,8 +91,79 @@ def layout_from_config(
             ),
         )
         for i, b in enumerate(s.bins)
+        if b.device is not None  # camera-only bins are the camera simulator's (`demo_cameras`)
     )
-    return SimLayout(buses=buses, transmitters=transmitters, bins=bins, noise_g=1.0, seed=seed)
+    scales = tuple(SimScale(d.id, d.protocol, f"SG{i:08d}", d.lane) for i, d in enumerate(s.scales, 1))
+    scanners = tuple(SimScanner(d.id, d.role, d.lane) for d in s.scanners)
+    # Only real GTIN-14s are printed on packs (a store-internal SKU would be rejected by the scanner's check).
+    skus = list(dict.fromkeys(b.sku for b in s.bins if len(b.sku) == 14 and ean.is_valid(b.sku)))
+    readers = []
+    for i, r in enumerate(s.rfid_readers):
+        antenna = r.antennas[0]
+        tags: tuple[str, ...] = ()
+        if antenna.kind == "shelf":
+            # A few tagged products on each shelf zone: 3 GTINs × 3 items, serials distinct per reader.
+            for j, sku in enumerate(skus[3 * i : 3 * i + 3]):
+                tags += sgtin_tags(sku, range(1000 * (i + 1) + 10 * j, 1000 * (i + 1) + 10 * j + 3))
+        readers.append(SimRfidReader(r.id, antenna.zone, antenna.kind, tags))
+    sensors = tuple(SimBleSensor(d.id, d.mac, d.keyed, d.channels) for d in s.ble_sensors)
+    return SimLayout(
+        buses=buses,
+        transmitters=transmitters,
+        bins=bins,
+        noise_g=1.0,
+        seed=seed,
+        scales=scales,
+        scanners=scanners,
+        rfid_readers=tuple(readers),
+        ble_sensors=sensors,
+        codes=demo_codes(skus),
+    )
+
+
+def demo_codes(skus: list[str]) -> tuple[SimCode, ...]:
+    """What the demo's scanners read: EAN-13 codes of the store's GTINs, a GS1 DataMatrix with batch and expiry,
+    and two member codes (a loyalty card and a member QR)."""
+    codes = [SimCode(sku[1:], "]E0") for sku in skus if sku.startswith("0")]
+    if skus:
+        codes.append(SimCode(f"01{skus[0]}10LOT42\x1d17271231", "]d2"))
+    codes += [SimCode("MBR0000001001", "]C0", member=True), SimCode("shelfgate://member/m-2002", "]Q1", True)]
+    return tuple(codes)
+
+
+def demo_cameras(cfg: LoadedConfig) -> dict[str, ShelfCameraSim]:
+    """A simulated shelf camera per `synthetic:SEED` camera of the config (the seed picks the shelf its ROIs
+    were drawn on; a non-numeric name is hashed to one)."""
+    out: dict[str, ShelfCameraSim] = {}
+    for cam in cfg.store.cameras:
+        if cam.source.startswith("synthetic:"):
+            name = cam.source.removeprefix("synthetic:")
+            seed = int(name) if name.isdigit() else int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "big")
+            out[cam.id] = ShelfCameraSim(seed)
+    return out
+
+
+def camera_only_rois(cfg: LoadedConfig, camera_id: str) -> list[str]:
+    """The ROIs of a camera that watch camera-only bins (the ones the demo's story empties and restocks)."""
+    bins = {b.id: b for b in cfg.store.bins}
+    cam = next(c for c in cfg.store.cameras if c.id == camera_id)
+    return [r.id for r in cam.rois if r.bin is not None and bins[r.bin].device is None]
+
+
+def demo_ble_keys(cfg: LoadedConfig) -> dict[str, bytes]:
+    """A fresh random AES-128 bind key per keyed BLE sensor (a demo never reuses keys across runs)."""
+    return {d.mac: secrets.token_bytes(16) for d in cfg.store.ble_sensors if d.keyed}
+
+
+def write_keys_file(path: Path, keys: Mapping[str, bytes]) -> Path:
+    """Write a BLE secrets file (MAC → hex key) created with mode 0600, as `drivers.ble.keys` requires."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(f'"{mac}": "{key.hex()}"\n' for mac, key in keys.items())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(f.fileno(), 0o600)  # an existing file keeps its mode on open; make sure
+        f.write(text)
+    return path
 
 
 def point_config_at(
@@ -81,9 +174,17 @@ def point_config_at(
     api_port: int,
     data_dir: Path,
     heartbeat_s: float | None = None,
+    device_ports: Mapping[str, str] | None = None,
+    ble_keys_file: Path | None = None,
 ) -> LoadedConfig:
-    """The same store config with its buses, broker, API port and data dir pointed at this machine."""
+    """The same store config with its buses, serial devices, broker, API port, data dir and BLE secrets file
+    pointed at this machine (`device_ports`: device id → pty path, e.g. `SimStore.device_endpoints`)."""
     s = cfg.store
+    ports = device_ports or {}
+
+    def repoint(items: Sequence[Any]) -> list[Any]:
+        return [d.model_copy(update={"port": ports[d.id]}) if d.id in ports else d for d in items]
+
     buses: list[RtuBus | TcpBus] = []
     for b in s.buses:
         ep = endpoints[b.id]
@@ -94,12 +195,17 @@ def point_config_at(
             buses.append(b.model_copy(update={"host": host, "port": int(port)}))
     update: dict[str, Any] = {
         "buses": buses,
+        "scales": repoint(s.scales),
+        "scanners": repoint(s.scanners),
+        "rfid_readers": repoint(s.rfid_readers),
         "broker": s.broker.model_copy(update={"host": broker[0], "port": broker[1]}),
         "api": s.api.model_copy(update={"host": "127.0.0.1", "port": api_port}),
         "data_dir": data_dir,
     }
     if heartbeat_s is not None:
         update["bridge"] = s.bridge.model_copy(update={"heartbeat_s": heartbeat_s})
+    if ble_keys_file is not None:
+        update["ble"] = s.ble.model_copy(update={"keys_file": ble_keys_file})
     return LoadedConfig(
         store=s.model_copy(update=update), profiles=cfg.profiles, path=cfg.path, version=cfg.version
     )
@@ -133,9 +239,9 @@ def run_sim(args: argparse.Namespace) -> int:
     layout = layout_from_config(cfg, seed=args.seed, tcp_port=args.tcp_port)
 
     async def main() -> None:
-        async with SimStore(layout) as sim:
-            for bus_id, ep in sim.endpoints.items():
-                _say(bus_id, ep)
+        async with SimStore(layout, ble_keys=demo_ble_keys(cfg)) as sim:
+            for name, ep in {**sim.endpoints, **sim.device_endpoints}.items():
+                _say(name, ep)
             await _until(args.duration)
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -193,6 +299,7 @@ async def demo_main(
     seed: int = 1,
     shopper_rate: float | None = None,
     on_urls: Callable[[dict[str, str]], Awaitable[None] | None] | None = None,
+    camera_story_s: float = 45.0,
 ) -> None:
     """Everything the demo runs, in one TaskGroup; returns after `duration_s` (or runs until cancelled)."""
     from edge.gateway import Gateway
@@ -206,7 +313,9 @@ async def demo_main(
         sim_kwargs: dict[str, Any] = {}
         if shopper_rate is not None:
             sim_kwargs["shopper_rate_per_min"] = shopper_rate
-        async with SimStore(layout, **sim_kwargs) as sim:
+        ble_keys = demo_ble_keys(cfg)
+        keys_file = write_keys_file(data_dir / "ble-keys.yaml", ble_keys) if ble_keys else None
+        async with SimStore(layout, ble_keys=ble_keys, **sim_kwargs) as sim:
             gw_cfg = point_config_at(
                 cfg,
                 dict(sim.endpoints),
@@ -214,6 +323,8 @@ async def demo_main(
                 api_port=gateway_port,
                 data_dir=data_dir / "gateway",
                 heartbeat_s=10.0,
+                device_ports=sim.device_endpoints,
+                ble_keys_file=keys_file,
             )
             hub_cfg = HubConfig.model_validate(
                 {
@@ -225,7 +336,13 @@ async def demo_main(
                 }
             )
             gw_ready = asyncio.Event()
-            gateway = Gateway(gw_cfg, on_ready=lambda _g: gw_ready.set())
+            cameras = demo_cameras(cfg)
+            gateway = Gateway(
+                gw_cfg,
+                on_ready=lambda _g: gw_ready.set(),
+                ble_backend=sim.ble_backend() if sim.ble_sensors else None,
+                camera_sources={cam_id: cam.source(f"sim-{cam_id}") for cam_id, cam in cameras.items()},
+            )
             hub_ready = asyncio.Event()
             hub_port_out: list[int] = []
             async with asyncio.TaskGroup() as tg:
@@ -233,6 +350,13 @@ async def demo_main(
                 hub_task = tg.create_task(
                     run_hub(hub_cfg, ready=hub_ready, api_port_out=hub_port_out), name="demo.hub"
                 )
+                story_tasks = [
+                    tg.create_task(
+                        cam.story(camera_only_rois(cfg, cam_id), every_s=camera_story_s),
+                        name=f"demo.camera[{cam_id}]",
+                    )
+                    for cam_id, cam in cameras.items()
+                ]
                 await asyncio.wait_for(asyncio.gather(gw_ready.wait(), hub_ready.wait()), 30)
                 urls = {
                     "gateway": f"http://127.0.0.1:{gateway.api_port}/board",
@@ -240,8 +364,10 @@ async def demo_main(
                     "hub": f"http://127.0.0.1:{hub_port_out[0] if hub_port_out else hub_port}/api/fleet",
                     "broker": broker.url,
                 }
-                for bus_id, ep in sim.endpoints.items():
-                    urls[f"sim-{bus_id}"] = ep
+                for name, ep in {**sim.endpoints, **sim.device_endpoints}.items():
+                    urls[f"sim-{name}"] = ep
+                for cam_id in cameras:
+                    urls[f"sim-{cam_id}"] = f"synthetic://{cam_id}"
                 for name, url in urls.items():
                     _say(name, url)
                 if on_urls is not None:
@@ -252,6 +378,8 @@ async def demo_main(
                 await _until(duration_s)
                 gw_task.cancel()
                 hub_task.cancel()
+                for task in story_tasks:
+                    task.cancel()
     finally:
         await broker.stop()
 
