@@ -101,7 +101,8 @@ class BoardGateway:
         """Every transmitter, offline: no pollers run here."""
         bins_of: dict[str, list[str]] = {}
         for b in self.bins.values():
-            bins_of.setdefault(b.device, []).append(b.id)
+            if b.device is not None:  # camera-only bins have no weighing device
+                bins_of.setdefault(b.device, []).append(b.id)
         return [
             {
                 "device_id": t.id,

@@ -21,6 +21,18 @@ import pytest
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 URL_LINE = re.compile(r"^(?P<name>[a-z0-9-]+): (?P<url>\S+)$")
+SIMULATORS = {
+    "sim-rtu1",
+    "sim-tcp1",
+    "sim-scale-lane1",
+    "sim-scan-lane1",
+    "sim-scan-handheld1",
+    "sim-rfid-shelf-e",
+    "sim-rfid-exit",
+    "sim-ble-e1",
+    "sim-ble-e2",
+    "sim-cam-f1",
+}
 
 
 def _get(url: str) -> Any:
@@ -54,13 +66,21 @@ def test_demo_shows_alert_raised_and_resolved_then_stops_on_ctrl_c(tmp_path: Pat
         assert proc.stdout is not None
         urls: dict[str, str] = {}
         started = time.monotonic()
-        while not {"gateway", "hub", "broker"} <= urls.keys():
+        while not {"gateway", "hub", "broker", *SIMULATORS} <= urls.keys():
             line = proc.stdout.readline()
             assert line, f"demo exited early: {proc.wait(5)} {proc.stderr.read() if proc.stderr else ''}"
             m = URL_LINE.match(line.strip())
             if m:
                 urls[m["name"]] = m["url"]
         assert urls["broker"].startswith("mqtt://127.0.0.1:")
+        # One line per simulator: serial devices on ptys, BLE sensors on the simulated air.
+        serial = SIMULATORS - {"sim-tcp1", "sim-ble-e1", "sim-ble-e2", "sim-cam-f1"}
+        assert all(urls[name].startswith("/dev/pts/") for name in serial), urls
+        assert urls["sim-tcp1"].startswith("tcp://127.0.0.1:")
+        assert urls["sim-ble-e2"] == "ble://A4:C1:38:00:E1:02"
+        assert urls["sim-cam-f1"] == "synthetic://cam-f1"
+        keys_file = tmp_path / "demo" / "ble-keys.yaml"
+        assert keys_file.stat().st_mode & 0o777 == 0o600, "the demo's BLE secrets file is 0600"
         gateway = urls["gateway"].removesuffix("/board")
         hub = urls["hub"].removesuffix("/api/fleet")
         board = httpx.get(urls["gateway"], timeout=5)
@@ -92,10 +112,46 @@ def test_demo_shows_alert_raised_and_resolved_then_stops_on_ctrl_c(tmp_path: Pat
         assert fleet[0]["store_id"] == "demo-sh-001"
         assert fleet[0]["online"] is True
         stock = _get(f"{gateway}/api/stock")
-        assert len(stock) == 44
-        assert all(b["count"] is not None for b in stock), (
-            "every demo bin counted from its first stable level"
+        assert len(stock) == 48
+        weighed = [b for b in stock if b["device"] is not None]
+        assert len(weighed) == 46
+        assert all(b["count"] is not None for b in weighed), (
+            "every weighed demo bin counted from its first stable level (BLE-bound ones too)"
         )
+        camera_only = {b["bin_id"]: b for b in stock if b["device"] is None}
+        assert set(camera_only) == {"F01", "F02"}
+        assert all(b["count"] is None for b in camera_only.values()), "the camera sees, it does not count"
+
+        # Every device family is there and healthy; the scenario gives the lane and the RFID zones life.
+        devices = {d["device_id"]: d for d in _get(f"{gateway}/api/devices")}
+        assert {d["family"] for d in devices.values()} == {
+            "modbus",
+            "scale",
+            "scanner",
+            "rfid",
+            "ble",
+            "camera",
+        }
+        assert [d for d, v in devices.items() if not v["online"]] == []
+        assert devices["ble-e2"]["battery_pct"] is not None
+        assert devices["ble-e2"]["errors_by_kind"]["decrypt_failures"] == 0
+        assert any(s["kind"] == "product" for s in _get(f"{gateway}/api/scans?device=scan-lane1"))
+        zones = {z["zone"]: z for z in _get(f"{gateway}/api/rfid/zones")}
+        assert zones["shelf-e"]["kind"] == "shelf"
+        assert zones["shelf-e"]["total"] > 0
+        assert zones["exit-main"]["kind"] == "exit"
+
+        # The synthetic shelf camera: reference taken at start, its facings judged; the story empties a
+        # camera-only produce facing now and then, which raises an out-of-stock alert on that bin.
+        camera = devices["cam-f1"]
+        assert camera["family"] == "camera"
+        assert camera["has_reference"] is True
+        assert camera["frames"] > 0
+        assert {f["roi_id"] for f in camera["facings"]} == {"r0c0", "r1c0", "r1c1"}
+        assert all(f["state"] != "unknown" for f in camera["facings"]), camera["facings"]
+        while not any(a["bin_id"] in {"F01", "F02"} for a in _get(f"{gateway}/api/alerts?active=false")):
+            assert time.monotonic() - started < 140, "no camera alert on F01/F02 within 140 s"
+            time.sleep(1.0)
 
         # Ctrl-C stops everything the demo started.
         proc.send_signal(signal.SIGINT)
