@@ -39,6 +39,8 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from drivers.modbus.protocol import RegisterMap, StatusPoint, ValueType, WeightPoint, WordOrder
+from edge.retail.catalogue import Catalogue, load_catalogue, missing_skus
+from edge.retail.errors import CatalogueError
 from edge.yamlfile import Loc, YamlFileError, format_loc, nearest_line, parse_yaml, read_text
 
 PROJECT_PROFILES = Path(__file__).resolve().parent.parent / "config" / "profiles"
@@ -498,6 +500,11 @@ class StoreConfig(_Frozen):
     barcodes: Barcodes = Barcodes()
     rfid_presence: RfidPresence = RfidPresence()
     ble: Ble = Ble()
+    catalogue: Path | None = Field(
+        default=None,
+        description="product catalogue (`.yaml`/`.yml` or an HQ `.csv` export; relative to this file); when "
+        "set, every bin's `sku` must exist in it (docs/store-workflows.md#catalogue)",
+    )
 
     @property
     def effective_gateway_id(self) -> str:
@@ -514,6 +521,8 @@ class LoadedConfig:
     path: Path
     version: str
     """sha256 of the file bytes (first 12 hex digits), reported in birth and heartbeat."""
+    catalogue: Catalogue | None = None
+    """The product catalogue named by `catalogue:`, validated, with every bin's SKU in it."""
 
     def profile_for(self, transmitter_id: str) -> RegisterMap:
         """The register map of one transmitter."""
@@ -916,6 +925,8 @@ def load_config(path: str | Path) -> LoadedConfig:
     except ValidationError as exc:
         raise ConfigError(file, _issues(exc, lines)) from exc
     issues, profiles = _cross_checks(store, file.parent, lines)
+    catalogue, catalogue_issues = _load_store_catalogue(store, file.parent, lines)
+    issues += catalogue_issues
     if issues:
         raise ConfigError(file, issues)
     if not store.data_dir.is_absolute():
@@ -947,4 +958,41 @@ def load_config(path: str | Path) -> LoadedConfig:
 
     store, overlay = merge_overlay(store)
     version = hashlib.sha256(file.read_bytes() + overlay).hexdigest()[:12]
-    return LoadedConfig(store=store, profiles=profiles, path=file.resolve(), version=version)
+    if store.catalogue is not None and not store.catalogue.is_absolute():
+        store = store.model_copy(update={"catalogue": (file.parent / store.catalogue).resolve()})
+    return LoadedConfig(
+        store=store, profiles=profiles, path=file.resolve(), version=version, catalogue=catalogue
+    )
+
+
+def _load_store_catalogue(
+    store: StoreConfig, base: Path, lines: Mapping[Loc, int]
+) -> tuple[Catalogue | None, list[ConfigIssue]]:
+    """Load `catalogue:` and require every bin's SKU in it (issue #6 part 1, issue #7 part 3).
+
+    A catalogue problem is reported at the `catalogue` key, each of the catalogue file's own issues quoted
+    with its line there; a bin whose SKU is missing is reported at that bin's `sku` line.
+    """
+    if store.catalogue is None:
+        return None, []
+    file = store.catalogue if store.catalogue.is_absolute() else base / store.catalogue
+    line = nearest_line(("catalogue",), lines)
+    try:
+        catalogue = load_catalogue(file)
+    except CatalogueError as exc:
+        return None, [ConfigIssue("catalogue", line, f"{file.name}: {issue}") for issue in exc.issues] or [
+            ConfigIssue("catalogue", line, str(exc))
+        ]
+    except OSError as exc:
+        return None, [ConfigIssue("catalogue", line, f"cannot read {file}: {exc.strerror or exc}")]
+    missing = set(missing_skus(catalogue, [b.sku for b in store.bins]))
+    issues = [
+        ConfigIssue(
+            f"bins[{i}].sku",
+            nearest_line(("bins", i, "sku"), lines),
+            f"SKU {b.sku!r} of bin {b.id!r} is not in the catalogue {file.name}",
+        )
+        for i, b in enumerate(store.bins)
+        if b.sku in missing
+    ]
+    return catalogue, issues

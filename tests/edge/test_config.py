@@ -402,3 +402,64 @@ bins:
     cfg = load_config(_write(tmp_path, text))
     assert cfg.store.buses == []
     assert cfg.store.bins[0].calibration.span_g_per_unit == 1.0, "BLE bins take grams as they come"
+
+
+CATALOGUE = """\
+currency: CNY
+items:
+  - gtin: "06901234567892"
+    name: {zh: 可口可乐, en: Cola}
+    price: "3.00"
+    unit_weight_g: 350
+    category: beverages
+"""
+
+
+def test_catalogue_is_loaded_and_every_bin_sku_must_be_in_it(tmp_path: Path) -> None:
+    """Issue #6 part 1 / #7 part 3: a bin whose SKU the catalogue lacks is named at its `sku` line."""
+    (tmp_path / "catalogue.yaml").write_text(CATALOGUE, encoding="utf-8")
+    cfg = tmp_path / "store.yaml"
+    cfg.write_text(
+        GOOD.replace("store_id: s1\n", "store_id: s1\ncatalogue: catalogue.yaml\n"), encoding="utf-8"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    text = str(err.value)
+    assert "bins[1].sku" in text
+    assert "'06901234567893'" in text
+    assert "bins[0]" not in text  # A01's SKU is in the catalogue
+    sku_line = next(i for i, ln in enumerate(cfg.read_text().splitlines(), 1) if "06901234567893" in ln)
+    assert err.value.issues[0].line == sku_line
+
+    cfg.write_text(
+        GOOD.replace("store_id: s1\n", "store_id: s1\ncatalogue: catalogue.yaml\n").replace(
+            '"06901234567893"', '"06901234567892"'
+        ),
+        encoding="utf-8",
+    )
+    loaded = load_config(cfg)
+    assert loaded.catalogue is not None
+    assert loaded.catalogue.lookup("06901234567892").name.en == "Cola"
+    assert loaded.store.catalogue == (tmp_path / "catalogue.yaml").resolve()
+
+
+def test_a_broken_or_missing_catalogue_is_reported_at_the_catalogue_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "store.yaml"
+    cfg.write_text(GOOD.replace("store_id: s1\n", "store_id: s1\ncatalogue: nope.yaml\n"), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    assert [(i.path, i.line) for i in err.value.issues] == [("catalogue", 2)]
+    assert "nope.yaml" in str(err.value)
+
+    (tmp_path / "nope.yaml").write_text(CATALOGUE.replace('"3.00"', "3.5"), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    assert err.value.issues[0].path == "catalogue"
+    assert "items[0].price" in str(err.value)
+    assert "nope.yaml: line 5: items[0].price" in str(err.value)  # the catalogue file's own line is quoted
+
+
+def test_demo_store_catalogue_covers_every_bin() -> None:
+    loaded = load_config(DEMO)
+    assert loaded.catalogue is not None
+    assert all(loaded.catalogue.get(b.sku) is not None for b in loaded.store.bins)
