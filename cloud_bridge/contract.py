@@ -433,13 +433,25 @@ class BindingValues(_Payload):
     unit_weight_g: _Grams | None = None
 
 
+class BoundItem(_Payload):
+    """The catalogue item a bin was bound to, as the catalogue had it then (issue #7 part 3)."""
+
+    gtin: str = Field(pattern=r"^[0-9]{14}$", description="GTIN-14")
+    name_zh: str = Field(min_length=1, max_length=200)
+    name_en: str = Field(min_length=1, max_length=200)
+    unit_weight_g: _Grams | None = Field(default=None, gt=0, description="the catalogue's unit weight")
+    unit_weight_spread_g: _Grams | None = Field(default=None, ge=0)
+
+
 class CommissionedBinding(_Payload):
-    """A bin's latest product binding."""
+    """A bin's latest product binding; `item` when the store has a catalogue (bound by scan or typed code)."""
 
     before: BindingValues
     after: BindingValues
     installer: _Name
     ts: Rfc3339
+    item: BoundItem | None = None
+    source: str | None = Field(default=None, max_length=64, description="`typed` or `scan:{scanner id}`")
 
 
 class CommissionedPickTest(_Payload):

@@ -405,6 +405,8 @@ class Binding:
     sku: str
     unit_weight_g: float | None = None
     unit_weight_spread_g: float | None = None
+    name: dict[str, str] | None = None
+    """`{"zh": …, "en": …}` from the catalogue, so the board names what is really on the plate."""
 
     def as_dict(self) -> dict[str, Any]:
         """Only the fields set (the overlay does not override what it does not know)."""
@@ -477,7 +479,7 @@ def update_overlay(
     return entry
 
 
-OVERLAY_FIELDS: Final = frozenset({"calibration", "sku", "unit_weight_g", "unit_weight_spread_g"})
+OVERLAY_FIELDS: Final = frozenset({"calibration", "sku", "unit_weight_g", "unit_weight_spread_g", "name"})
 CAMERA_OVERLAY_FIELDS: Final = frozenset({"rois"})
 
 

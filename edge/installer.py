@@ -9,8 +9,12 @@ Mounted by `edge.api.create_app` (`app.include_router(installer_router(gateway))
     POST   /api/installer/calibration/{bin}/loaded        {mass_g} is on the plate → span, then check
     POST   /api/installer/calibration/{bin}/apply         {force}: write overlay + audit, apply live
     DELETE /api/installer/calibration/{bin}               cancel; nothing is written
-    POST   /api/installer/binding/{bin}/preview           {gtin | latest scan} → before → after
-    POST   /api/installer/binding/{bin}                   {sku, unit_weight_g}: write + apply live
+    GET    /api/installer/catalogue/{code}                a catalogue item by GTIN, store SKU or in-store code
+    POST   /api/installer/binding/{bin}/scan              {scanner?}: wait for the next product scan
+    GET    /api/installer/binding/{bin}/scan              waiting (with the last refused code) / scanned
+    DELETE /api/installer/binding/{bin}/scan              stop waiting
+    POST   /api/installer/binding/{bin}/preview           {code | latest scan} → item, before → after
+    POST   /api/installer/binding/{bin}                   {sku, unit_weight_g?, …}: write + apply live
     POST   /api/installer/pick-test/{bin}                 start "take one item"
     GET    /api/installer/pick-test/{bin}                 waiting / passed / failed
     GET    /api/installer/commissioning                   the commissioning record
@@ -19,6 +23,14 @@ The wizard hears raw samples through `Gateway.raw_taps` (before the engine, so a
 be calibrated); its state machine is `edge.calibration.CalibrationWizard`. Writes go to the overlay in
 `data_dir` (edge/calibration.py says why not the store YAML) and the running gateway switches the bin at once
 (`Gateway.apply_bin`). Blocking file I/O runs off the event loop.
+
+Binding by scan: the page arms a *scan wait* for the bin; only while it waits does the installer take a product
+scan, from the chosen scanner or else from any `handheld`/`receiving` one (never a lane's: its scans are sales),
+off the gateway's live stream (`Gateway.alerts_stream`, where `edge.devices.scanners` publishes every scan). A
+scan the store's catalogue (`catalogue:`, `LoadedConfig.catalogue`) does not know is refused and the wait goes
+on; a known one ends it with the item and the proposed binding (the catalogue's unit weight and spread). One
+wait at a time in the whole gateway: a scanner cannot say which bin it was pointed at. Other scan consumers
+(the stocktake) ask `InstallerService.takes_scans_from` to leave a claimed scanner's scans alone.
 
 Each calibration, binding or pick test rewrites the commissioning record and also hands it to the gateway as a
 `commissioning` event (`commissioning_payload` → `Gateway.commissioning_written`), so the hub's HQ sees which
@@ -33,6 +45,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -60,6 +73,8 @@ from edge.calibration import (
     write_commissioning,
 )
 from edge.config import Bin
+from edge.retail.catalogue import Catalogue, CatalogueItem, ScanMatch, normalise_gtin
+from edge.retail.errors import UnknownItem
 
 if TYPE_CHECKING:
     from edge.gateway import Gateway
@@ -68,6 +83,10 @@ log = logging.getLogger(__name__)
 
 WEB_DIR: Final = Path(__file__).resolve().parent / "web"
 PICK_TEST_TIMEOUT_S: Final = 60.0
+SCAN_WAIT_TIMEOUT_S: Final = 120.0
+"""How long the bind wizard waits for a scan: time to fetch the handheld and find the product's barcode."""
+SCAN_ROLES: Final = frozenset({"handheld", "receiving"})
+"""Scanners the bind wizard listens to when none is chosen; a lane scanner's scans are sales, never bindings."""
 
 
 # --- request bodies -----------------------------------------------------------------------------------------
@@ -96,19 +115,37 @@ class Apply(BaseModel):
 
 
 class BindPreview(BaseModel):
-    """Body of POST /api/installer/binding/{bin}/preview: a typed GTIN, or the latest scan (of one scanner)."""
+    """Body of POST /api/installer/binding/{bin}/preview: a typed code, or the latest scan (of one scanner)."""
 
-    gtin: str | None = Field(default=None, max_length=32)
+    code: str | None = Field(
+        default=None, max_length=64, description="a GTIN, a store SKU or an in-store (2x) code, as typed"
+    )
+    gtin: str | None = Field(default=None, max_length=32, description="the older name of `code`")
     scanner: str | None = Field(default=None, description="take the latest scan of this scanner")
-    unit_weight_g: float | None = Field(default=None, gt=0)
+    unit_weight_g: float | None = Field(default=None, gt=0, description="instead of the catalogue's")
 
 
 class BindApply(BaseModel):
     """Body of POST /api/installer/binding/{bin}."""
 
     sku: str = Field(min_length=1, max_length=32)
-    unit_weight_g: float | None = Field(default=None, gt=0)
+    unit_weight_g: float | None = Field(
+        default=None, gt=0, description="default: the catalogue's, else the bin's current"
+    )
+    unit_weight_spread_g: float | None = Field(default=None, ge=0, description="default: the catalogue's")
     installer: str = Field(default="installer", min_length=1, max_length=64)
+    source: str | None = Field(
+        default=None, max_length=64, description="`typed` or `scan:{scanner}`, for the audit"
+    )
+
+
+class ScanWaitStart(BaseModel):
+    """Body of POST /api/installer/binding/{bin}/scan."""
+
+    scanner: str | None = Field(
+        default=None, description="this scanner only; else any handheld/receiving one"
+    )
+    timeout_s: float = Field(default=SCAN_WAIT_TIMEOUT_S, gt=0, le=600)
 
 
 class PickTestStart(BaseModel):
@@ -156,6 +193,99 @@ class PickTest:
         }
 
 
+class Refused(Exception):
+    """A code the bind wizard will not bind: unknown to the catalogue, or not a counted product."""
+
+
+@dataclass
+class ScanWait:
+    """The bind wizard waiting for a product scan for one bin (see the module docstring)."""
+
+    bin_id: str
+    scanners: frozenset[str]
+    chosen: str | None
+    timeout_s: float
+    started_at: str
+    state: Literal["waiting", "scanned", "timeout", "cancelled"] = "waiting"
+    scan: dict[str, Any] | None = None
+    proposal: dict[str, Any] | None = None
+    refused: dict[str, Any] | None = None
+    """The latest scan refused while waiting (code, scanner, reason); the wait goes on."""
+    refusals: int = 0
+    task: asyncio.Task[None] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "bin_id": self.bin_id,
+            "state": self.state,
+            "scanner": self.chosen,
+            "scanners": sorted(self.scanners),
+            "timeout_s": self.timeout_s,
+            "started_at": self.started_at,
+            "scan": self.scan,
+            "proposal": self.proposal,
+            "refused": self.refused,
+            "refusals": self.refusals,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Code:
+    """A typed code or a scan record as `Catalogue.lookup_scan` reads it (`ClassifiedScan`)."""
+
+    gtin: str
+    net_weight_kg: Decimal | None = None
+    price: Decimal | None = None
+
+
+def _decimal(value: object) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return None
+
+
+def item_dict(item: CatalogueItem) -> dict[str, Any]:
+    """A catalogue item as the page shows it (price as the catalogue's CNY string)."""
+    return {
+        "gtin": item.gtin,
+        "sku": item.sku,
+        "name": {"zh": item.name.zh, "en": item.name.en},
+        "price": str(item.price),
+        "unit_weight_g": item.unit_weight_g,
+        "unit_weight_spread_g": item.unit_weight_spread_g,
+        "category": item.category,
+        "variable_measure": item.variable_measure,
+    }
+
+
+def lookup_code(catalogue: Catalogue, code: str) -> ScanMatch:
+    """A typed code in the catalogue: a GTIN (8/12/13/14 digits, check digit verified), an in-store 2x code
+    (its PLU), or a store SKU alias. `Refused` when unknown; HTTP 422 for a GTIN with a wrong check digit."""
+    code = code.strip()
+    if code.isascii() and code.isdigit() and len(code) in (8, 12, 13, 14):
+        try:
+            gtin = normalise_gtin(code)
+        except ValueError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from exc
+        return lookup_scan(catalogue, _Code(gtin))
+    item = catalogue.get(code)
+    if item is None:
+        raise Refused(f"{code} is not in the catalogue")
+    return ScanMatch(item, code)
+
+
+def lookup_scan(catalogue: Catalogue, scan: _Code) -> ScanMatch:
+    """A product scan in the catalogue (GTIN first, then the in-store code layouts); `Refused` when unknown."""
+    try:
+        return catalogue.lookup_scan(scan)
+    except UnknownItem as exc:
+        raise Refused(f"{exc.code} is {exc.reason}") from exc
+
+
 class InstallerService:
     """Calibration sessions, bindings and pick tests of one running gateway."""
 
@@ -165,6 +295,8 @@ class InstallerService:
         self.sessions: dict[str, _Session] = {}
         self.tests: dict[str, PickTest] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.scan_wait: ScanWait | None = None
+        """The bind wizard's scan wait (one in the whole gateway), the latest one until a new one starts."""
         self.commissioning_not_sent = 0
         """Records written locally but not queued for the hub (bad field, or the outbox write failed)."""
         self._edit_lock = asyncio.Lock()
@@ -272,29 +404,198 @@ class InstallerService:
 
     # --- binding --------------------------------------------------------------------------------------
 
+    @property
+    def catalogue(self) -> Catalogue | None:
+        """The store's catalogue (`catalogue:` in the store config), None when it names none."""
+        return self.gw.config.catalogue
+
+    def lookup(self, code: str) -> dict[str, Any]:
+        """GET …/catalogue/{code}: the item; 404 when there is no catalogue or the code is not in it."""
+        cat = self.catalogue
+        if cat is None:
+            raise HTTPException(
+                status_code=404, detail="no catalogue: the store config names none (`catalogue:`)"
+            )
+        try:
+            match = lookup_code(cat, code)
+        except Refused as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from exc
+        return {**item_dict(match.item), "code": match.code, "match": match.source}
+
+    def _proposal(
+        self, b: Bin, *, sku: str, item: CatalogueItem | None, unit_weight_g: float | None, source: str
+    ) -> dict[str, Any]:
+        """Before → after of binding `b` to `sku` (the catalogue's `item`, when there is a catalogue).
+
+        The unit weight is the typed one, else the catalogue's, else the bin's current; the spread is the
+        catalogue's whenever the catalogue has a unit weight (its spread belongs to it), else unchanged.
+        """
+        if item is not None and item.variable_measure:
+            raise Refused(
+                f"{item.gtin} ({item.name.en}) is sold by weight: a weighed bin counts units, so it needs a"
+                " product sold per unit"
+            )
+        before: dict[str, Any] = {"sku": b.sku, "unit_weight_g": b.unit_weight_g}
+        after: dict[str, Any] = {"sku": sku, "unit_weight_g": b.unit_weight_g}
+        weight_source = "bin"
+        if item is not None and item.unit_weight_g is not None:
+            after["unit_weight_g"] = item.unit_weight_g
+            weight_source = "catalogue"
+            before["unit_weight_spread_g"] = b.unit_weight_spread_g
+            after["unit_weight_spread_g"] = item.unit_weight_spread_g
+        if unit_weight_g is not None:
+            after["unit_weight_g"] = unit_weight_g
+            weight_source = "typed"
+        return {
+            "bin_id": b.id,
+            "source": source,
+            "item": None if item is None else item_dict(item),
+            "unit_weight_source": weight_source,
+            "before": before,
+            "after": after,
+            "changed": before != after,
+        }
+
+    def _propose_code(self, b: Bin, code: str, unit_weight_g: float | None, source: str) -> dict[str, Any]:
+        cat = self.catalogue
+        if cat is None:
+            sku = _normalise_gtin(code)
+            return self._proposal(b, sku=sku, item=None, unit_weight_g=unit_weight_g, source=source)
+        match = lookup_code(cat, code)
+        return self._proposal(
+            b, sku=match.item.gtin, item=match.item, unit_weight_g=unit_weight_g, source=source
+        )
+
+    def _propose_scan(self, b: Bin, record: Mapping[str, Any], unit_weight_g: float | None) -> dict[str, Any]:
+        source = f"scan:{record.get('device')}"
+        cat = self.catalogue
+        if cat is None:
+            sku = _normalise_gtin(str(record["gtin"]))
+            return self._proposal(b, sku=sku, item=None, unit_weight_g=unit_weight_g, source=source)
+        scan = _Code(
+            str(record["gtin"]), _decimal(record.get("net_weight_kg")), _decimal(record.get("price"))
+        )
+        match = lookup_scan(cat, scan)
+        return self._proposal(
+            b, sku=match.item.gtin, item=match.item, unit_weight_g=unit_weight_g, source=source
+        )
+
     def preview_binding(self, bin_id: str, body: BindPreview) -> dict[str, Any]:
-        """What binding the bin to a GTIN (typed, or the latest scan) would change: before → after."""
+        """What binding the bin to a code (typed, or the latest scan) would change: the item, before → after."""
         b = self.bin(bin_id)
-        source = "typed"
-        code = body.gtin
-        if code is None:
+        code = body.code if body.code is not None else body.gtin
+        try:
+            if code is not None:
+                return self._propose_code(b, code, body.unit_weight_g, "typed")
             scanners = self.gw.scanners
             scans = [] if scanners is None else scanners.recent(body.scanner, 20)
             product = next((x for x in scans if x.get("kind") == "product" and x.get("gtin")), None)
             if product is None:
                 raise HTTPException(status_code=404, detail="no product scan yet: scan the item at the bin")
-            code, source = str(product["gtin"]), f"scan:{product.get('device')}"
-        sku = _normalise_gtin(code)
-        unit = body.unit_weight_g if body.unit_weight_g is not None else b.unit_weight_g
-        before = {"sku": b.sku, "unit_weight_g": b.unit_weight_g}
-        after = {"sku": sku, "unit_weight_g": unit}
-        return {
-            "bin_id": bin_id,
-            "source": source,
-            "before": before,
-            "after": after,
-            "changed": before != after,
-        }
+            return self._propose_scan(b, product, body.unit_weight_g)
+        except Refused as exc:
+            raise HTTPException(status_code=422, detail=f"binding refused: {exc}") from exc
+
+    # --- waiting for a scan -----------------------------------------------------------------------------
+
+    def _scan_sources(self, chosen: str | None) -> frozenset[str]:
+        scanners = self.gw.store_cfg.scanners
+        if chosen is not None:
+            cfg = next((sc for sc in scanners if sc.id == chosen), None)
+            if cfg is None:
+                raise HTTPException(status_code=404, detail=f"no scanner {chosen!r}")
+            if cfg.role == "lane":
+                raise HTTPException(
+                    status_code=422,
+                    detail=f"scanner {chosen!r} is a checkout lane's: use a handheld (its scans are sales)",
+                )
+            return frozenset({chosen})
+        found = frozenset(sc.id for sc in scanners if sc.role in SCAN_ROLES)
+        if not found:
+            raise HTTPException(
+                status_code=409,
+                detail="no handheld or receiving scanner in the store config: type the barcode's digits",
+            )
+        return found
+
+    def takes_scans_from(self, scanner_id: str) -> bool:
+        """True while the bind wizard waits for a scan from this scanner (other consumers leave it alone)."""
+        w = self.scan_wait
+        return w is not None and w.state == "waiting" and scanner_id in w.scanners
+
+    async def start_scan_wait(self, bin_id: str, body: ScanWaitStart) -> dict[str, Any]:
+        """Wait for the next product scan for the bin (an earlier wait, of any bin, is cancelled)."""
+        self.bin(bin_id)
+        sources = self._scan_sources(body.scanner)
+        await self.cancel_scan_wait()
+        wait = ScanWait(bin_id, sources, body.scanner, body.timeout_s, rfc3339(time.time()))
+        self.scan_wait = wait
+        subscribed = asyncio.Event()
+        task = asyncio.create_task(self._wait_scan(wait, subscribed), name=f"installer.scan_wait[{bin_id}]")
+        wait.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await subscribed.wait()  # a scan made right after this answer is not missed
+        return wait.as_dict()
+
+    async def _wait_scan(self, wait: ScanWait, subscribed: asyncio.Event) -> None:
+        try:
+            async with self.gw.alerts_stream.subscribe() as queue:
+                subscribed.set()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait.timeout_s):
+                        while wait.state == "waiting":
+                            self._consider(wait, await queue.get())
+                if wait.state == "waiting":
+                    wait.state = "timeout"
+        finally:
+            subscribed.set()
+            if wait.state == "waiting":
+                wait.state = "cancelled"
+
+    def _consider(self, wait: ScanWait, item: Mapping[str, Any]) -> None:
+        """One stream item: a product scan from a listened-to scanner ends the wait, unless it is refused."""
+        scan = item.get("scan") if item.get("type") == "scan" else None
+        if not isinstance(scan, Mapping) or scan.get("kind") != "product" or not scan.get("gtin"):
+            return
+        if scan.get("device") not in wait.scanners:
+            return
+        record = {k: scan[k] for k in ("device", "gtin", "raw", "ts", "net_weight_kg", "price") if k in scan}
+        b = self.gw.bins.get(wait.bin_id)
+        if b is None:
+            return
+        try:
+            proposal = self._propose_scan(b, record, None)
+        except (Refused, HTTPException) as exc:
+            reason = exc.detail if isinstance(exc, HTTPException) else str(exc)
+            wait.refused = {**record, "reason": f"binding refused: {reason}"}
+            wait.refusals += 1
+            log.info("bind wizard for bin %s refused scan %s: %s", wait.bin_id, record.get("gtin"), reason)
+            return
+        wait.scan = record
+        wait.proposal = proposal
+        wait.state = "scanned"
+
+    def scan_status(self, bin_id: str) -> dict[str, Any]:
+        """The bin's scan wait; 404 when the latest wait is another bin's (or none ran)."""
+        self.bin(bin_id)
+        w = self.scan_wait
+        if w is None or w.bin_id != bin_id:
+            raise HTTPException(status_code=404, detail=f"no scan wait for bin {bin_id!r}")
+        return w.as_dict()
+
+    async def cancel_scan_wait(self, bin_id: str | None = None) -> dict[str, Any] | None:
+        """Stop waiting (the given bin's wait only, when named); the status, or None when nothing waited."""
+        w = self.scan_wait
+        if w is None or (bin_id is not None and w.bin_id != bin_id):
+            return None
+        if w.task is not None and not w.task.done():
+            w.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await w.task
+        return w.as_dict()
+
+    # --- writing the binding ----------------------------------------------------------------------------
 
     async def bind(self, bin_id: str, body: BindApply) -> dict[str, Any]:
         """Bind the bin to a product: overlay + audit, then the live bin."""
@@ -308,22 +609,61 @@ class InstallerService:
         # A GTIN is checked and stored as GTIN-14; a store-internal SKU (other lengths, letters) is kept as typed.
         looks_gtin = body.sku.isascii() and body.sku.isdigit() and len(body.sku) in (8, 12, 13, 14)
         sku = _normalise_gtin(body.sku) if looks_gtin else body.sku
-        binding = Binding(sku=sku, unit_weight_g=body.unit_weight_g)
+        item: CatalogueItem | None = None
+        cat = self.catalogue
+        if cat is not None:
+            # The store config requires every bin's SKU in the catalogue; binding anything else would stop
+            # the gateway at its next start.
+            item = cat.get(sku)
+            if item is None:
+                raise HTTPException(
+                    status_code=422,
+                    detail=f"binding refused: {sku} is not in the catalogue (every bin's SKU must be in it)",
+                )
+            if item.variable_measure:
+                raise HTTPException(
+                    status_code=422,
+                    detail=f"binding refused: {item.gtin} is sold by weight; a weighed bin counts units",
+                )
+        unit, spread = body.unit_weight_g, body.unit_weight_spread_g
+        if item is not None and item.unit_weight_g is not None:
+            unit = item.unit_weight_g if unit is None else unit
+            spread = item.unit_weight_spread_g if spread is None else spread
+        name = None if item is None else {"zh": item.name.zh, "en": item.name.en}
+        binding = Binding(sku=sku, unit_weight_g=unit, unit_weight_spread_g=spread, name=name)
         try:
             new = Bin.model_validate({**b.model_dump(), **binding.as_dict()})
         except ValueError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from exc
-        entry = {
+        before: dict[str, Any] = {"sku": b.sku, "unit_weight_g": b.unit_weight_g}
+        after: dict[str, Any] = {"sku": new.sku, "unit_weight_g": new.unit_weight_g}
+        if spread is not None:  # only when this binding sets it (as in the overlay)
+            before["unit_weight_spread_g"] = b.unit_weight_spread_g
+            after["unit_weight_spread_g"] = new.unit_weight_spread_g
+        entry: dict[str, Any] = {
             "kind": "binding",
             "bin_id": bin_id,
             "installer": body.installer,
-            "before": {"sku": b.sku, "unit_weight_g": b.unit_weight_g},
-            "after": {"sku": new.sku, "unit_weight_g": new.unit_weight_g},
+            "before": before,
+            "after": after,
         }
+        if item is not None:
+            entry["item"] = {
+                "gtin": item.gtin,
+                "name": {"zh": item.name.zh, "en": item.name.en},
+                "unit_weight_g": item.unit_weight_g,
+                "unit_weight_spread_g": item.unit_weight_spread_g,
+            }
+        if body.source is not None:
+            entry["source"] = body.source
         await run_file_op(update_overlay, self.data_dir, bin_id, binding=binding)
         line = await run_file_op(append_audit, self.data_dir, entry)
         await self.gw.apply_bin(new)
-        return {"bin": self.gw.bin_view(bin_id), "audit": line}
+        return {
+            "bin": self.gw.bin_view(bin_id),
+            "audit": line,
+            "item": None if item is None else item_dict(item),
+        }
 
     # --- pick test ------------------------------------------------------------------------------------
 
@@ -452,7 +792,8 @@ def commissioning_payload(record: Mapping[str, Any]) -> Commissioning:
         bin_id: {
             "before": _pick(e.get("before") or {}, "sku", "unit_weight_g"),
             "after": _pick(e.get("after") or {}, "sku", "unit_weight_g"),
-            **_pick(e, "installer", "ts"),
+            **_pick(e, "installer", "ts", "source"),
+            **({"item": _bound_item(e["item"])} if isinstance(e.get("item"), Mapping) else {}),
         }
         for bin_id, e in record.get("bindings", {}).items()
     }
@@ -478,15 +819,18 @@ def commissioning_payload(record: Mapping[str, Any]) -> Commissioning:
     )
 
 
+def _bound_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    name = item.get("name") or {}
+    return {
+        "gtin": item.get("gtin"),
+        "name_zh": name.get("zh"),
+        "name_en": name.get("en"),
+        **_pick(item, "unit_weight_g", "unit_weight_spread_g"),
+    }
+
+
 def _normalise_gtin(code: str) -> str:
-    """GTIN-14 with a verified check digit (the catalogue's rule when that module is present)."""
-    try:
-        from edge.retail.catalogue import normalise_gtin  # noqa: PLC0415 - optional, being written
-    except ImportError:
-        code = code.strip()
-        if not (code.isascii() and code.isdigit() and len(code) in (8, 12, 13, 14)):
-            raise HTTPException(status_code=422, detail=f"not a GTIN: {code!r}") from None
-        return code.zfill(14)
+    """GTIN-14 with a verified check digit (GS1 mod 10); HTTP 422 naming the problem."""
     try:
         return normalise_gtin(code)
     except ValueError as exc:
@@ -539,6 +883,26 @@ def installer_router(gateway: Gateway) -> APIRouter:
         out = svc.cancel(bin_id)
         return out if out is not None else {"bin_id": bin_id, "step": Step.CANCELLED.value}
 
+    @r.get("/api/installer/catalogue/{code}")
+    async def catalogue_item(code: str) -> dict[str, Any]:
+        return svc.lookup(code)
+
+    @r.post("/api/installer/binding/{bin_id}/scan")
+    async def scan_start(bin_id: str, body: ScanWaitStart | None = None) -> dict[str, Any]:
+        return await svc.start_scan_wait(bin_id, body or ScanWaitStart())
+
+    @r.get("/api/installer/binding/{bin_id}/scan")
+    async def scan_status(bin_id: str) -> dict[str, Any]:
+        return svc.scan_status(bin_id)
+
+    @r.delete("/api/installer/binding/{bin_id}/scan")
+    async def scan_cancel(bin_id: str) -> dict[str, Any]:
+        svc.bin(bin_id)
+        out = await svc.cancel_scan_wait(bin_id)
+        if out is None:
+            raise HTTPException(status_code=404, detail=f"no scan wait for bin {bin_id!r}")
+        return out
+
     @r.post("/api/installer/binding/{bin_id}/preview")
     async def bind_preview(bin_id: str, body: BindPreview) -> dict[str, Any]:
         return svc.preview_binding(bin_id, body)
@@ -562,4 +926,13 @@ def installer_router(gateway: Gateway) -> APIRouter:
     return r
 
 
-__all__ = ["InstallerService", "PickTest", "commissioning_payload", "installer_router"]
+__all__ = [
+    "InstallerService",
+    "PickTest",
+    "Refused",
+    "ScanWait",
+    "commissioning_payload",
+    "installer_router",
+    "item_dict",
+    "lookup_code",
+]

@@ -207,7 +207,11 @@ def point_config_at(
     if ble_keys_file is not None:
         update["ble"] = s.ble.model_copy(update={"keys_file": ble_keys_file})
     return LoadedConfig(
-        store=s.model_copy(update=update), profiles=cfg.profiles, path=cfg.path, version=cfg.version
+        store=s.model_copy(update=update),
+        profiles=cfg.profiles,
+        path=cfg.path,
+        version=cfg.version,
+        catalogue=cfg.catalogue,
     )
 
 

@@ -2,7 +2,8 @@
  * Installer page. Data: /api/devices (polled; device health changes slowly), /api/stock + the SSE stream
  * /api/alerts/stream (`stock` events) for live bins, and the installer API (edge/installer.py) for the
  * calibration wizard (polled while it runs: it shows the raw-derived live weight, which the stream does not
- * carry), bind-and-test and the commissioning record. Cameras: /api/cameras and the ROI editor routes
+ * carry), bind-and-test (the bind wizard's scan wait is polled too: the gateway, not the page, hears the
+ * scanners; the catalogue lookup happens there) and the commissioning record. Cameras: /api/cameras and the ROI editor routes
  * (edge/camera_api.py; loopback-only) — the snapshot, editable outlines over it, bind, preview, apply.
  * Everything user- or device-supplied is set with textContent, never as HTML.
  */
@@ -31,8 +32,12 @@
       "step.applied": "校准已写入。", "step.cancelled": "已取消:校准未改变。", "step.failed": "失败:校准未改变。",
       checkLine: "复测 {measured} 克 / 砝码 {mass} 克:误差 {err} 克 ({pct}%),允许 ±{tol} 克 — {verdict}",
       ok: "通过", failedWord: "未通过", written: "已写入,校准时间 {at}。",
-      "bind.title": "绑定商品", "bind.gtin": "商品条码 (GTIN)", "bind.preview": "预览", "bind.scan": "用最近扫描",
-      "bind.apply": "确认绑定", bound: "已绑定 {sku}。", sku: "商品编码", unitWeight: "单件重量 (克)",
+      "bind.title": "绑定商品", "bind.gtin": "商品条码 (GTIN/店内码)", "bind.preview": "查询", "bind.scan": "扫码绑定",
+      "bind.hint": "在货位上用手持扫描枪扫商品条码;也可以输入条码数字。", "bind.scanner": "扫描枪",
+      "bind.anyScanner": "任一手持扫描枪", "bind.waiting": "请在货位 {bin} 用扫描枪({scanner})扫商品条码…",
+      "bind.timeout": "未收到扫描,请重试。", "bind.name": "名称", "bind.price": "价格 (元)",
+      "bind.spread": "重量偏差 (克)",
+      "bind.apply": "确认绑定", bound: "已绑定 {sku},单件 {unit} 克。", sku: "商品编码", unitWeight: "单件重量 (克)",
       "test.title": "取货测试", "test.start": "开始测试", "test.waiting": "请从货位取走一件商品…",
       "test.passed": "通过:数量 {before} → {after}。", "test.failed": "未通过:{detail}(数量 {before} → {after})",
       record: "调试记录 (JSON)", board: "店员看板", connecting: "连接中…", live: "实时",
@@ -65,8 +70,13 @@
       "step.cancelled": "Cancelled: the calibration is unchanged.", "step.failed": "Failed: the calibration is unchanged.",
       checkLine: "Re-read {measured} g for {mass} g: error {err} g ({pct} %), tolerance ±{tol} g — {verdict}",
       ok: "OK", failedWord: "FAILED", written: "Written, calibrated at {at}.",
-      "bind.title": "Bind product", "bind.gtin": "Product barcode (GTIN)", "bind.preview": "Preview",
-      "bind.scan": "Use latest scan", "bind.apply": "Confirm binding", bound: "Bound to {sku}.", sku: "SKU",
+      "bind.title": "Bind product", "bind.gtin": "Barcode (GTIN / in-store code)", "bind.preview": "Look up",
+      "bind.scan": "Bind by scan", "bind.hint": "Scan the product's barcode at the bin with a handheld scanner, or type its digits.",
+      "bind.scanner": "Scanner", "bind.anyScanner": "any handheld",
+      "bind.waiting": "Scan the product's barcode at bin {bin} ({scanner})…",
+      "bind.timeout": "No scan arrived: try again.", "bind.name": "Name", "bind.price": "Price (CNY)",
+      "bind.spread": "Weight spread (g)",
+      "bind.apply": "Confirm binding", bound: "Bound to {sku}, {unit} g each.", sku: "SKU",
       unitWeight: "Unit weight (g)", "test.title": "Pick test", "test.start": "Start pick test",
       "test.waiting": "Take one item from the bin now…", "test.passed": "Passed: count {before} → {after}.",
       "test.failed": "Failed: {detail} (count {before} → {after})", record: "Commissioning record (JSON)",
@@ -85,7 +95,9 @@
     }
   };
 
-  var state = { lang: "en", bins: {}, order: [], selected: null, calTimer: null, testTimer: null, cal: null };
+  var state = {
+    lang: "en", bins: {}, order: [], selected: null, calTimer: null, testTimer: null, scanTimer: null, cal: null
+  };
 
   function $(id) { return document.getElementById(id); }
   function load(key) { try { return window.localStorage.getItem(key); } catch (e) { return null; } }
@@ -221,6 +233,7 @@
       $("conn").textContent = t("live");
       loadStock().then(renderCamTable).catch(function () { /* retried on the next hello */ });
       pollDevices();
+      loadScanners();
       loadCameras();
     });
     es.addEventListener("stock", function (ev) {
@@ -234,11 +247,14 @@
   }
 
   function select(id) {
+    if (state.selected && state.selected !== id && $("bind").getAttribute("data-state") === "waiting") {
+      // Leaving a bin whose wizard waits for a scan: stop it, or the next scan would still bind that bin.
+      api("DELETE", "/api/installer/binding/" + encodeURIComponent(state.selected) + "/scan").catch(function () {});
+    }
     state.selected = id;
     $("work").hidden = false;
     $("work-bin").textContent = id;
-    $("bind-review").hidden = true;
-    $("bind-result").textContent = "";
+    resetBind();
     $("test-result").textContent = "";
     $("test-result").setAttribute("data-state", "");
     $("cal-result").textContent = "";
@@ -350,16 +366,72 @@
     });
   }
 
-  // --- binding and pick test -------------------------------------------------------------------------
+  // --- binding (by scan, or a typed code) and pick test ----------------------------------------------
+  //
+  // "Scan" arms a wait in the gateway (POST …/binding/{bin}/scan): only while it waits does the wizard take a
+  // scan, from the chosen scanner or any handheld one. The page polls the wait: a refused code (not in the
+  // catalogue) is shown and the wait goes on; a known one ends it with the item and the proposed binding.
 
   var pendingBinding = null;
 
+  function bindUrl(suffix) { return "/api/installer/binding/" + encodeURIComponent(state.selected) + (suffix || ""); }
+
+  function stopScanPoll() { if (state.scanTimer) { clearTimeout(state.scanTimer); state.scanTimer = null; } }
+
+  function resetBind() {
+    stopScanPoll();
+    pendingBinding = null;
+    $("bind").setAttribute("data-state", "");
+    $("bind-review").hidden = true;
+    $("bind-item").hidden = true;
+    $("bind-refused").hidden = true;
+    $("bind-refused").textContent = "";
+    $("bind-prompt").textContent = "";
+    $("bind-result").textContent = "";
+    $("bind-scan-cancel").hidden = true;
+  }
+
+  function loadScanners() {
+    api("GET", "/api/devices?family=scanner").then(function (list) {
+      var sel = $("bind-scanner");
+      var keep = sel.value;
+      sel.textContent = "";
+      var any = document.createElement("option");
+      any.value = ""; any.setAttribute("data-i18n", "bind.anyScanner"); any.textContent = t("bind.anyScanner");
+      sel.appendChild(any);
+      list.forEach(function (d) {
+        if (d.role === "lane") { return; }  // a lane scanner's scans are sales
+        var o = document.createElement("option");
+        o.value = d.device_id;
+        o.textContent = d.device_id + (d.role ? " (" + d.role + ")" : "");
+        sel.appendChild(o);
+      });
+      sel.value = keep;
+      if (sel.value !== keep) { sel.value = ""; }
+    }).catch(function () { /* typed codes still work */ });
+  }
+
   function showBinding(p) {
     pendingBinding = p;
-    diffRows($("bind-diff").querySelector("tbody"), [
+    var rows = [
       [t("sku"), p.before.sku, p.after.sku],
       [t("unitWeight"), p.before.unit_weight_g, p.after.unit_weight_g]
-    ]);
+    ];
+    if (p.after.unit_weight_spread_g !== undefined) {
+      rows.push([t("bind.spread"), p.before.unit_weight_spread_g, p.after.unit_weight_spread_g]);
+    }
+    diffRows($("bind-diff").querySelector("tbody"), rows);
+    var item = p.item;
+    $("bind-item").hidden = !item;
+    if (item) {
+      $("bind-item").setAttribute("data-gtin", item.gtin);
+      $("bind-name-zh").textContent = item.name.zh;
+      $("bind-name-en").textContent = item.name.en;
+      $("bind-price").textContent = item.price;
+      $("bind-item-weight").textContent = item.unit_weight_g === null ? "—" : String(item.unit_weight_g);
+      $("bind-item-spread").textContent = String(item.unit_weight_spread_g);
+    }
+    $("bind").setAttribute("data-state", "review");
     $("bind-review").hidden = false;
   }
 
@@ -368,24 +440,60 @@
     $("bind-result").textContent = e.message;
   }
 
+  function renderScanWait(w) {
+    var waiting = w.state === "waiting";
+    $("bind-scan-cancel").hidden = !waiting;
+    $("bind").setAttribute("data-state", waiting ? "waiting" : w.state === "scanned" ? "review" : w.state);
+    $("bind-prompt").textContent = waiting ? t("bind.waiting", { bin: w.bin_id, scanner: w.scanner || t("bind.anyScanner") })
+      : w.state === "timeout" ? t("bind.timeout") : "";
+    var refused = w.refused;
+    $("bind-refused").hidden = !refused;
+    $("bind-refused").textContent = refused ? refused.reason : "";
+    if (refused) { $("bind-refused").setAttribute("data-gtin", refused.gtin); }
+    if (w.state === "scanned" && w.proposal) {
+      $("bind-gtin").value = w.scan && w.scan.gtin ? w.scan.gtin : "";
+      showBinding(w.proposal);
+    }
+  }
+
+  function pollScan(bin) {
+    stopScanPoll();
+    api("GET", bindUrl("/scan")).then(function (w) {
+      if (bin !== state.selected) { return; }
+      renderScanWait(w);
+      if (w.state === "waiting") { state.scanTimer = setTimeout(function () { pollScan(bin); }, POLL_MS); }
+    }).catch(function (e) { stopScanPoll(); bindError(e); });
+  }
+
   function wireBind() {
-    var url = function (s) { return "/api/installer/binding/" + encodeURIComponent(state.selected) + (s || ""); };
     $("bind-preview").addEventListener("click", function () {
-      $("bind-result").textContent = "";
-      api("POST", url("/preview"), { gtin: ($("bind-gtin").value || "").trim() }).then(showBinding).catch(bindError);
+      var code = ($("bind-gtin").value || "").trim();
+      if (!code) { return; }
+      resetBind();
+      api("POST", bindUrl("/preview"), { code: code }).then(showBinding).catch(bindError);
     });
+    $("bind-gtin").addEventListener("keydown", function (ev) { if (ev.key === "Enter") { $("bind-preview").click(); } });
     $("bind-scan").addEventListener("click", function () {
-      $("bind-result").textContent = "";
-      api("POST", url("/preview"), {}).then(function (p) { $("bind-gtin").value = p.after.sku; showBinding(p); }).catch(bindError);
+      var bin = state.selected;
+      resetBind();
+      var body = $("bind-scanner").value ? { scanner: $("bind-scanner").value } : {};
+      api("POST", bindUrl("/scan"), body).then(function (w) { renderScanWait(w); pollScan(bin); }).catch(bindError);
+    });
+    $("bind-scan-cancel").addEventListener("click", function () {
+      stopScanPoll();
+      api("DELETE", bindUrl("/scan")).then(function () { resetBind(); }).catch(bindError);
     });
     $("bind-apply").addEventListener("click", function () {
       if (!pendingBinding) { return; }
-      api("POST", url(), {
-        sku: pendingBinding.after.sku, unit_weight_g: pendingBinding.after.unit_weight_g, installer: installer()
-      }).then(function (r) {
+      var p = pendingBinding;
+      var body = { sku: p.after.sku, unit_weight_g: p.after.unit_weight_g, installer: installer(), source: p.source };
+      if (p.after.unit_weight_spread_g !== undefined) { body.unit_weight_spread_g = p.after.unit_weight_spread_g; }
+      api("POST", bindUrl(), body).then(function (r) {
         $("bind-review").hidden = true;
+        $("bind").setAttribute("data-state", "bound");
         $("bind-result").setAttribute("data-state", "ok");
-        $("bind-result").textContent = t("bound", { sku: r.bin.sku });
+        var name = r.item ? (state.lang === "zh" ? r.item.name.zh : r.item.name.en) + " · " : "";
+        $("bind-result").textContent = t("bound", { sku: name + r.bin.sku, unit: r.bin.unit_weight_g });
         state.bins[r.bin.bin_id] = r.bin;
         renderBins();
       }).catch(bindError);

@@ -2,9 +2,12 @@
 
 Real: Debian's Chromium (Playwright, no downloaded browser), `edge.gateway.Gateway` with its engine, API,
 installer routes and SQLite store, and a `SimStore` whose load cell disagrees with the config
-(tests/shelfgate/installer_stack.py). The test calibrates the simulated plate through the page, binds the bin by
-a typed GTIN (seeing the before → after diff first), runs the pick test with `SimStore.pick` and sees the count
-drop by exactly one, then reads the commissioning record.
+(tests/shelfgate/installer_stack.py), with a product catalogue and a simulated handheld barcode scanner on a real
+pty (`firmware_sims.barcode`, read by the gateway's own scanner driver). The test calibrates the simulated plate
+through the page, then binds the bin by scanning: the wizard waits for the handheld, a scan of a GTIN the
+catalogue does not know is refused on the page, the scan of the product on the plate shows its catalogue name
+and unit weight and the before → after diff; the installer confirms, runs the pick test with `SimStore.pick` and
+sees the count drop by exactly one, then the commissioning record names the bound item.
 """
 
 from __future__ import annotations
@@ -15,21 +18,29 @@ import pytest
 from playwright.async_api import async_playwright, expect
 
 from tests.e2e.test_board import CHROMIUM, CHROMIUM_ARGS
-from tests.shelfgate.installer_stack import TRUE_CAL, installer_stack
+from tests.shelfgate.installer_stack import (
+    HANDHELD,
+    SHELF_GTIN,
+    SHELF_ITEM_G,
+    TRUE_CAL,
+    UNKNOWN_GTIN,
+    eventually,
+    installer_stack,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
 WAIT_MS = 60_000
 """Generous bound for what the page must show (stable readings on a loaded 2-core machine)."""
 TABLET = {"width": 1024, "height": 768}
-NEW_GTIN = "6902083886417"
-"""Typed as the 13 digits printed under the barcode; bound as its GTIN-14."""
+EAN13 = SHELF_GTIN[1:]
+"""What the can's barcode encodes (an EAN-13); bound as its GTIN-14."""
 
 
-async def test_calibrate_bind_and_pick_test_through_the_page(tmp_path: Path) -> None:
+async def test_calibrate_bind_by_scan_and_pick_test_through_the_page(tmp_path: Path) -> None:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: install the Debian package `chromium` (scripts/test does)")
-    async with installer_stack(tmp_path, initial_count=6) as stack, async_playwright() as pw:
+    async with installer_stack(tmp_path, initial_count=6, scan_bind=True) as stack, async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             context = await browser.new_context(locale="en-US", viewport=TABLET)  # type: ignore[arg-type]
@@ -38,9 +49,10 @@ async def test_calibrate_bind_and_pick_test_through_the_page(tmp_path: Path) -> 
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             await page.goto(f"{stack.url}/installer")
             await expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
-            await expect(page.locator('#devices-body tr[data-device="tx1"]')).to_have_attribute(
-                "data-online", "true", timeout=WAIT_MS
-            )
+            for device in ("tx1", HANDHELD):
+                await expect(page.locator(f'#devices-body tr[data-device="{device}"]')).to_have_attribute(
+                    "data-online", "true", timeout=WAIT_MS
+                )
             await page.fill("#installer-name", "Li Wei")
             await page.locator('#bins-body tr[data-bin="A01"] button.select').click()
 
@@ -67,15 +79,53 @@ async def test_calibrate_bind_and_pick_test_through_the_page(tmp_path: Path) -> 
             count_cell = page.locator('#bins-body tr[data-bin="A01"] td.c')
             await expect(count_cell).to_have_text("4", timeout=WAIT_MS)  # live, from the stream
 
-            # --- bind by a typed GTIN: preview the diff, then confirm ---------------------------------------
-            await page.fill("#bind-gtin", NEW_GTIN)
+            # --- bind by scan: the wizard waits for the handheld; unknown → refused; known → item + diff ------
+            bind = page.locator("#bind")
+            await expect(page.locator("#bind-scanner option")).to_have_count(
+                2
+            )  # any handheld, hand1 (no lane)
+            await page.fill("#bind-gtin", UNKNOWN_GTIN)  # the typed fallback refuses it too
             await page.click("#bind-preview")
-            bind_diff = page.locator("#bind-diff tbody tr").first
-            await expect(bind_diff.locator("td").nth(0)).to_have_text("06901234567892")
-            await expect(bind_diff.locator("td").nth(1)).to_have_text("0" + NEW_GTIN)
+            await expect(page.locator("#bind-result")).to_contain_text(
+                "not in the catalogue", timeout=WAIT_MS
+            )
+            await page.click("#bind-scan")
+            await expect(bind).to_have_attribute("data-state", "waiting", timeout=WAIT_MS)
+            await stack.scan(UNKNOWN_GTIN)
+            refused = page.locator("#bind-refused")
+            await expect(refused).to_be_visible(timeout=WAIT_MS)
+            await expect(refused).to_contain_text("binding refused")
+            await expect(refused).to_contain_text("not in the catalogue")
+            await expect(refused).to_have_attribute("data-gtin", "0" + UNKNOWN_GTIN)
+            await expect(bind).to_have_attribute("data-state", "waiting")  # still waiting for the right one
+            await stack.scan(EAN13)
+            await expect(bind).to_have_attribute("data-state", "review", timeout=WAIT_MS)
+            await expect(page.locator("#bind-item")).to_have_attribute("data-gtin", SHELF_GTIN)
+            await expect(page.locator("#bind-name-en")).to_have_text("Sprite 330 ml can")
+            await expect(page.locator("#bind-name-zh")).to_have_text("雪碧 330毫升罐装")  # DOM, no CJK font
+            await expect(page.locator("#bind-item-weight")).to_have_text(f"{SHELF_ITEM_G:g}")
+            await expect(page.locator("#bind-price")).to_have_text("3.20")
+            rows = page.locator("#bind-diff tbody tr")
+            await expect(rows.nth(0).locator("td").nth(0)).to_have_text("06901234567892")
+            await expect(rows.nth(0).locator("td").nth(1)).to_have_text(SHELF_GTIN)
+            await expect(rows.nth(1).locator("td.changed")).to_have_text(f"{SHELF_ITEM_G:g}")
+            assert stack.gateway.bins["A01"].sku == "06901234567892"  # nothing bound before confirming
             await page.click("#bind-apply")
-            await expect(page.locator("#bind-result")).to_contain_text("0" + NEW_GTIN, timeout=WAIT_MS)
-            assert stack.gateway.bins["A01"].sku == "0" + NEW_GTIN
+            await expect(page.locator("#bind-result")).to_contain_text(SHELF_GTIN, timeout=WAIT_MS)
+            await expect(page.locator("#bind-result")).to_contain_text("Sprite 330 ml can")
+            bound = stack.gateway.bins["A01"]
+            assert (bound.sku, bound.unit_weight_g, bound.unit_weight_spread_g) == (
+                SHELF_GTIN,
+                SHELF_ITEM_G,
+                3.0,
+            )
+
+            async def counted_again() -> bool:
+                # A new unit weight restarts the count: the first stable level is counted absolutely.
+                est = stack.gateway.estimators["A01"]
+                return est.count == 4 and not est.uncertain
+
+            await eventually(counted_again, WAIT_MS / 1000, "bin A01 counted again with the catalogue weight")
 
             # --- pick test: take one item → exactly one less ------------------------------------------------
             result = page.locator("#test-result")
@@ -97,8 +147,15 @@ async def test_calibrate_bind_and_pick_test_through_the_page(tmp_path: Path) -> 
         record = await stack.get("/api/installer/commissioning")
         assert record["store_id"] == "inst-001"
         assert record["calibrations"]["A01"]["check"]["ok"] is True
-        assert record["bindings"]["A01"]["after"]["sku"] == "0" + NEW_GTIN
+        binding = record["bindings"]["A01"]
+        assert binding["after"] == {
+            "sku": SHELF_GTIN,
+            "unit_weight_g": SHELF_ITEM_G,
+            "unit_weight_spread_g": 3.0,
+        }
+        assert binding["item"]["name"] == {"zh": "雪碧 330毫升罐装", "en": "Sprite 330 ml can"}
+        assert binding["source"] == f"scan:{HANDHELD}"
         assert record["tests"]["A01"]["state"] == "passed"
         assert record["installers"] == ["Li Wei"]
-        assert [d["device_id"] for d in record["devices"]] == ["tx1"]
+        assert [d["device_id"] for d in record["devices"]] == ["tx1", HANDHELD, "lane-sc"]
         assert (stack.data_dir / "commissioning.json").is_file()
