@@ -85,20 +85,33 @@ def _render(template: str, exec_path: Path) -> str:
     return template.replace(TEMPLATE_EXEC, str(exec_path))
 
 
-def _check_store_config(config: Path) -> str:
+def _check_store_config(config: Path) -> tuple[str, dict[str, str]]:
+    """The store config's text, and the files it names relative to itself that must travel with it (the
+    product catalogue), by their relative name."""
     from edge.config import ConfigError, load_config
+    from edge.yamlfile import parse_yaml, read_text
 
     try:
         cfg = load_config(config)
     except ConfigError as exc:
         raise InstallInputError(f"the store config is not valid:\n{exc}") from exc
+    beside: dict[str, str] = {}
+    raw, _ = parse_yaml(read_text(config))
+    named = raw.get("catalogue") if isinstance(raw, dict) else None
+    if isinstance(named, str) and not Path(named).is_absolute() and cfg.store.catalogue is not None:
+        if ".." in Path(named).parts:
+            raise InstallInputError(
+                f"{config}: catalogue: {named!r} points outside the config's folder; use a path beside the"
+                " store config or an absolute one"
+            )
+        beside[named] = cfg.store.catalogue.read_text(encoding="utf-8")
     data_dir = Path(cfg.store.data_dir)
     if not data_dir.is_absolute() or not data_dir.resolve().is_relative_to(STATE_DIR):
         raise InstallInputError(
             f"{config}: data_dir: {cfg.store.data_dir!r} is outside {STATE_DIR}, the only path the service may"
             f" write (ProtectSystem=strict); set data_dir: {STATE_DIR}"
         )
-    return config.read_text(encoding="utf-8")
+    return config.read_text(encoding="utf-8"), beside
 
 
 def plan_install(
@@ -129,11 +142,13 @@ def plan_install(
     plan.files[root / "etc/udev/rules.d" / UDEV_RULES] = (templates / UDEV_RULES).read_text(encoding="utf-8")
     store_target = root / "etc/shelfgate/store.yaml"
     if config is not None:
-        text = _check_store_config(config)
+        text, beside = _check_store_config(config)
         if store_target.exists() and not force:
             plan.keep.append(store_target)
         else:
             plan.files[store_target] = text
+            for name, content in beside.items():
+                plan.files[store_target.parent / name] = content
     elif not store_target.exists():
         raise InstallInputError(f"no store config at {store_target}: pass --config FILE")
     if root == Path("/") and enable:

@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _store_config(tmp_path: Path, data_dir: str) -> Path:
     cfg_dir = tmp_path / "cfg"
     shutil.copytree(REPO / "config" / "profiles", cfg_dir / "profiles")
+    shutil.copy(REPO / "config" / "catalogue.yaml", cfg_dir / "catalogue.yaml")
     text = (REPO / "config" / "demo-store.yaml").read_text(encoding="utf-8")
     text = text.replace("data_dir: ../var/demo", f"data_dir: {data_dir}")
     path = cfg_dir / "store.yaml"
@@ -68,6 +69,10 @@ def test_install_into_a_root_writes_verified_units_pointing_at_this_shelfgate(
     assert (root / "etc/udev/rules.d/99-shelfgate.rules").exists()
     assert (root / "etc/shelfgate/store.yaml").read_text(encoding="utf-8") == cfg.read_text(encoding="utf-8")
     assert (root / "etc/shelfgate/store.yaml").stat().st_mode & 0o777 == 0o640
+    # The catalogue the config names beside itself travels with it: the installed config must load.
+    assert (root / "etc/shelfgate/catalogue.yaml").read_bytes() == (
+        REPO / "config/catalogue.yaml"
+    ).read_bytes()
     # The verdict of systemd itself on every unit written.
     ok, findings = verify(sorted(system.iterdir()))
     assert ok, findings
