@@ -38,6 +38,9 @@ Rules (thresholds in `hub.config.FleetConfig`):
   `backlog_min_depth`. Once raised it stays while the depth keeps rising or the oldest event keeps ageing.
 - ``device_down``: the latest heartbeat reports the device offline (the gateway already debounces device
   availability); resolved when a heartbeat reports it online, or no longer lists it.
+- ``outbox_quota``: the latest heartbeat carries `outbox_alarm` (an outbox disk quota is hit: level updates
+  coalesce to the latest per bin, sales and alerts are all kept — docs/reliability.md); resolved by the first
+  heartbeat without it.
 """
 
 from __future__ import annotations
@@ -125,6 +128,7 @@ NO_SUBJECT: Final = ""
 STORE_OFFLINE: Final = "store_offline"
 BACKLOG_GROWING: Final = "backlog_growing"
 DEVICE_DOWN: Final = "device_down"
+OUTBOX_QUOTA: Final = "outbox_quota"
 
 AlertKey = tuple[str, str]
 """(kind, subject)."""
@@ -316,6 +320,9 @@ def wanted_alerts(
     backlog = backlog_growing(samples, rules.fleet, active=(BACKLOG_GROWING, NO_SUBJECT) in active)
     if backlog is not None:
         wanted[BACKLOG_GROWING, NO_SUBJECT] = backlog
+    alarm = None if state.heartbeat is None else state.heartbeat.outbox_alarm
+    if alarm:
+        wanted[OUTBOX_QUOTA, NO_SUBJECT] = Wanted(f"outbox quota hit: {alarm}", {"alarm": alarm})
     for device in down_devices(state.heartbeat):
         wanted[DEVICE_DOWN, device.device_id] = Wanted(
             f"device {device.device_id} ({device.family or 'unknown family'}) offline"
@@ -338,6 +345,8 @@ def resolution(key: AlertKey, state: StoreState) -> str:
         return "back online"
     if kind == BACKLOG_GROWING:
         return "outbox empty" if state.outbox_depth == 0 else "draining"
+    if kind == OUTBOX_QUOTA:
+        return "back under quota"
     listed = state.heartbeat is not None and any(d.device_id == subject for d in state.heartbeat.devices)
     return "back online" if listed else "no longer reported"
 

@@ -184,7 +184,7 @@ class BacklogView(_Read):
     """Oldest first; at most `fleet.backlog_rising_heartbeats + 1`."""
 
 
-HqAlertKind = Literal["store_offline", "backlog_growing", "device_down"]
+HqAlertKind = Literal["store_offline", "backlog_growing", "device_down", "outbox_quota"]
 
 
 class HqAlert(_Read):

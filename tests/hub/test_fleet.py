@@ -101,6 +101,7 @@ class FakeGateway:
         oldest_s: float | None = None,
         devices: Sequence[DeviceHealth] = (),
         last_seq: int = 0,
+        outbox_alarm: str | None = None,
     ) -> None:
         payload = Heartbeat(
             gateway_id=self.gateway_id,
@@ -116,6 +117,7 @@ class FakeGateway:
             last_seq=last_seq,
             devices=list(devices),
             active_alerts=0,
+            outbox_alarm=outbox_alarm,
         ).to_json()
         message = parse_message(health_topic(self.store_id), payload)
         assert isinstance(message, HeartbeatMessage)
@@ -396,6 +398,28 @@ async def test_a_device_down_raises_per_device_and_resolves_when_it_is_back(
         ("wt-3", False, "no longer reported"),
         ("wt-3", False, "back online"),
     ]
+
+
+async def test_an_outbox_quota_alarm_raises_once_and_resolves_when_the_heartbeat_drops_it(
+    db: HubDB, clock: Clock, gw: FakeGateway
+) -> None:
+    monitor = _monitor(db, clock)
+    await gw.status("online")
+    alarm = "levels quota hit: 64.1 of 64.0 MiB unsent; level updates coalesce"
+    await gw.heartbeat(depth=900, oldest_s=60, outbox_alarm=alarm)
+    changes = (await monitor.evaluate()).changes
+    assert [(c.kind, c.raised) for c in changes] == [("outbox_quota", True)]
+    clock.at(30)
+    await gw.heartbeat(depth=900, oldest_s=90, outbox_alarm=alarm)
+    assert [c.kind for c in (await monitor.evaluate()).changes] == []  # one alarm, not one per heartbeat
+    alert = await _only(monitor)
+    assert alert.message == f"outbox quota hit: {alarm}"
+    assert alert.detail == {"alarm": alarm}
+    clock.at(60)
+    await gw.heartbeat(depth=0)
+    changes = (await monitor.evaluate()).changes
+    assert [(c.kind, c.raised) for c in changes] == [("outbox_quota", False)]
+    assert (await _only(monitor)).resolution == "back under quota"
 
 
 async def test_two_workers_raise_and_resolve_an_episode_once(db_url: str, clock: Clock) -> None:
