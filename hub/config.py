@@ -174,6 +174,13 @@ class FleetConfig(_Frozen):
     backlog_min_depth: int = Field(
         default=50, ge=1, description="a rising outbox below this depth is a burst, not a backlog"
     )
+    device_startup_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="`device_down` is not raised for a device the gateway has not heard from yet while the"
+        " gateway has been up less than this (its first heartbeats come before the first poll)",
+    )
     evaluate_every_s: float = Field(
         default=5.0, gt=0, le=3600, description="how often each worker re-evaluates the HQ alert rules"
     )

@@ -37,7 +37,9 @@ Rules (thresholds in `hub.config.FleetConfig`):
   falls behind), or its depth rose at each of the last `backlog_rising_heartbeats` heartbeats and is at least
   `backlog_min_depth`. Once raised it stays while the depth keeps rising or the oldest event keeps ageing.
 - ``device_down``: the latest heartbeat reports the device offline (the gateway already debounces device
-  availability); resolved when a heartbeat reports it online, or no longer lists it.
+  availability); resolved when a heartbeat reports it online, or no longer lists it. A device the gateway has
+  not heard from yet (`last_seen_age_s` null) does not count while the gateway's uptime is under
+  `device_startup_grace_s`: a starting gateway's first heartbeat comes before its first poll.
 - ``outbox_quota``: the latest heartbeat carries `outbox_alarm` (an outbox disk quota is hit: level updates
   coalesce to the latest per bin, sales and alerts are all kept — docs/reliability.md); resolved by the first
   heartbeat without it.
@@ -323,7 +325,10 @@ def wanted_alerts(
     alarm = None if state.heartbeat is None else state.heartbeat.outbox_alarm
     if alarm:
         wanted[OUTBOX_QUOTA, NO_SUBJECT] = Wanted(f"outbox quota hit: {alarm}", {"alarm": alarm})
+    starting = state.heartbeat is not None and state.heartbeat.uptime_s < rules.fleet.device_startup_grace_s
     for device in down_devices(state.heartbeat):
+        if starting and device.last_seen_age_s is None and (DEVICE_DOWN, device.device_id) not in active:
+            continue  # not polled yet: not down
         wanted[DEVICE_DOWN, device.device_id] = Wanted(
             f"device {device.device_id} ({device.family or 'unknown family'}) offline"
             + (f": {device.last_error}" if device.last_error else ""),

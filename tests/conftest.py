@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import signal
 import sys
 import threading
 from collections.abc import Generator, Iterator
@@ -18,6 +19,12 @@ from shelfgate.broker import Mosquitto
 # Hypothesis' default 200 ms per-example deadline is a timed assertion: on a shared 2-core CI machine a
 # correct codec example occasionally takes longer and the test "fails" (seen: MT-SICS round trip under load).
 # Correctness is what these properties check; speed lives in bench/.
+# A shell starts a background job with SIGINT ignored (POSIX: asynchronous lists of a non-interactive shell),
+# Python then leaves it ignored, and every child inherits that across exec: `shelfgate demo` would shrug off the
+# Ctrl-C the demo test sends it. Tests of Ctrl-C need children that hear it, however the suite was launched.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 settings.register_profile("shelfgate", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("shelfgate")
 

@@ -102,12 +102,13 @@ class FakeGateway:
         devices: Sequence[DeviceHealth] = (),
         last_seq: int = 0,
         outbox_alarm: str | None = None,
+        uptime_s: float = 100.0,
     ) -> None:
         payload = Heartbeat(
             gateway_id=self.gateway_id,
             boot_id="boot-1",
             ts=rfc3339(self.clock.now),  # gateway clock = hub clock here; samples are keyed by it
-            uptime_s=100.0,
+            uptime_s=uptime_s,
             cpu_pct=4.0,
             mem_rss_mb=50.0,
             disk_free_mb=800.0,
@@ -398,6 +399,23 @@ async def test_a_device_down_raises_per_device_and_resolves_when_it_is_back(
         ("wt-3", False, "no longer reported"),
         ("wt-3", False, "back online"),
     ]
+
+
+async def test_a_starting_gateway_s_not_yet_polled_devices_are_not_down(
+    db: HubDB, clock: Clock, gw: FakeGateway
+) -> None:
+    """The first heartbeat comes before the first poll: `device_down` for every device would be noise at HQ."""
+    monitor = _monitor(db, clock)
+    await gw.status("online")
+    never_heard = device("wt-2", online=False).model_copy(update={"last_seen_age_s": None, "polls": 0})
+    lost = device("wt-3", online=False)  # heard from, then lost: down even while starting
+    await gw.heartbeat(devices=[device("wt-1"), never_heard, lost], uptime_s=2.0)
+    changes = (await monitor.evaluate()).changes
+    assert [(c.kind, c.subject, c.raised) for c in changes] == [("device_down", "wt-3", True)]
+    clock.at(90)  # past the grace and still never heard from: now it is down
+    await gw.heartbeat(devices=[device("wt-1"), never_heard, lost], uptime_s=92.0)
+    changes = (await monitor.evaluate()).changes
+    assert [(c.kind, c.subject, c.raised) for c in changes] == [("device_down", "wt-2", True)]
 
 
 async def test_an_outbox_quota_alarm_raises_once_and_resolves_when_the_heartbeat_drops_it(
