@@ -24,7 +24,15 @@ from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal, Self, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    model_validator,
+)
 from stdnum import ean
 
 TOPIC_PREFIX: Final = "shelfgate/v1/stores"
@@ -103,6 +111,8 @@ class EventType(StrEnum):
     SALE_RETURNED = "sale.returned"
     FACING_CHANGED = "facing.changed"
     COMMISSIONING = "commissioning"
+    STOCKTAKE_COMPLETED = "stocktake.completed"
+    STOCK_RECEIVED = "stock.received"
 
 
 class AlertKind(StrEnum):
@@ -113,6 +123,15 @@ class AlertKind(StrEnum):
     OVER = "over"
     AMBIGUOUS = "ambiguous"
     SENSOR_FAULT = "sensor_fault"
+    MISPLACED = "misplaced"
+    """A weighed bin's weight changed by a non-whole number of items while its camera saw the facing unchanged:
+    goods that do not belong there (issue #8, docs/cameras.md "Fusion with weight")."""
+    PREDICTED_OUT = "predicted_out"
+    """Issue #6 part 7: the bin will be empty within the forecast horizon at its recent pick rate."""
+    LOSS_SUSPECTED = "loss_suspected"
+    """Issue #6 part 5 (`loss.suspected`): a tagged item in an RFID exit zone that was not sold."""
+    SHRINK_SUSPECTED = "shrink_suspected"
+    """Issue #6 part 6 (`shrink.suspected`): shelf picks of a SKU not explained by sales or put-backs."""
 
 
 class AlertState(StrEnum):
@@ -494,7 +513,121 @@ class Commissioning(_Payload):
         return sum(1 for t in self.tests.values() if t.state == "passed")
 
 
-EventData = StockChanged | AlertData | SaleCompleted | SaleReturned | FacingChanged | Commissioning
+# --- store workflows: stocktake and receiving (issue #6; docs/store-workflows.md) ---------------------------
+
+RECEIVED_QTY_MAX: Final = 99_999_999
+"""AI 30 / AI 37 carry up to 8 digits (GS1 General Specifications §3.6.6, §3.6.7)."""
+
+_SIGNED_MONEY_TEXT: Final = re.compile(r"-?[0-9]{1,10}(?:\.[0-9]{1,2})?")
+
+
+def _signed_money(value: object) -> Decimal:
+    """A signed CNY amount: a decimal string ("-3.00") or an exact Decimal/int, never a float."""
+    if isinstance(value, bool | float):
+        raise ValueError(  # noqa: TRY004 - pydantic reports a ValueError as a validation error
+            "money (CNY) must be a decimal string such as '-3.00', not a number: binary floats lose cents"
+        )
+    if isinstance(value, str):
+        if not _SIGNED_MONEY_TEXT.fullmatch(value):
+            raise ValueError(f"money (CNY) must be a decimal string such as '-3.00', got {value!r}")
+        number = Decimal(value)
+    elif isinstance(value, int | Decimal):
+        number = Decimal(value)
+    else:
+        raise ValueError(f"money (CNY) must be a decimal string, got {type(value).__name__}")  # noqa: TRY004
+    if not number.is_finite() or number.quantize(Decimal("0.01")) != number:
+        raise ValueError(f"money (CNY) {number} must be finite with at most 2 decimal places")
+    return number.quantize(Decimal("0.01"))
+
+
+SignedMoney = Annotated[Decimal, BeforeValidator(_signed_money), PlainSerializer(str, return_type=str)]
+"""CNY with a sign, two places on the wire ("-3.00")."""
+
+
+Sku = Annotated[str, Field(min_length=1, max_length=32)]
+"""A bin's SKU: a GTIN-14 or a store SKU alias (edge/config.py `Bin.sku`)."""
+
+
+class StocktakeLine(_Payload):
+    """One SKU of the variance report."""
+
+    sku: Sku
+    expected: int
+    """Book stock when the session started (may be below zero: sales ahead of a missed delivery)."""
+    counted: int = Field(ge=0)
+    variance: int
+    """counted − expected (negative: shrink)."""
+    unit_price: Money | None = None
+    value_variance: SignedMoney | None = None
+    """variance × unit price; null for a variable-measure SKU or one not in the catalogue."""
+
+
+class StocktakeAdjustment(_Payload):
+    """A book-stock change applied on confirmation: per bin when the counts named it, else per SKU."""
+
+    sku: Sku
+    bin_id: str | None = None
+    expected: int
+    counted: int = Field(ge=0)
+    delta: int
+
+
+class StocktakeCompleted(_Payload):
+    """`stocktake.completed`: an area's count was confirmed and book stock adjusted by `book_deltas`."""
+
+    session_id: str = Field(min_length=1, max_length=64)
+    area: str = Field(min_length=1, max_length=64)
+    bins: list[str] = Field(min_length=1)
+    started_at: Rfc3339
+    confirmed_at: Rfc3339
+    by: str | None = Field(default=None, max_length=64)
+    counts: int = Field(ge=0, description="count scans that were not voided")
+    lines: list[StocktakeLine]
+    adjustments: list[StocktakeAdjustment]
+    book_deltas: dict[str, int]
+    """Per SKU, the change applied to book stock (zeros left out)."""
+    units_short: int = Field(ge=0)
+    units_over: int = Field(ge=0)
+    value_variance: SignedMoney
+
+
+class ReceivedLine(_Payload):
+    """One booked scan line: `qty` × `gtin`, from pallet `sscc` when it came on one."""
+
+    gtin: Gtin14
+    qty: int = Field(ge=1, le=RECEIVED_QTY_MAX)
+    sscc: str | None = Field(default=None, pattern=r"^[0-9]{18}$")
+
+
+class ReceivedTotal(_Payload):
+    """Units received per GTIN (what book stock gained)."""
+
+    gtin: Gtin14
+    qty: int = Field(ge=1)
+
+
+class StockReceived(_Payload):
+    """`stock.received`: a delivery was committed; book stock gained `totals`."""
+
+    receipt_id: str = Field(min_length=1, max_length=64)
+    lines: list[ReceivedLine] = Field(min_length=1)
+    totals: list[ReceivedTotal] = Field(min_length=1)
+    ts: Rfc3339
+    by: str | None = Field(default=None, max_length=64)
+    delivery_note: str | None = Field(default=None, max_length=200)
+    """The delivery note's name, when pallets were booked through one."""
+
+
+EventData = (
+    StockChanged
+    | AlertData
+    | SaleCompleted
+    | SaleReturned
+    | FacingChanged
+    | Commissioning
+    | StocktakeCompleted
+    | StockReceived
+)
 """What `Event.typed_data()` returns; narrow with isinstance or `Event.data_as`."""
 
 EVENT_DATA_MODELS: Final[dict[EventType, type[_Payload]]] = {
@@ -506,6 +639,8 @@ EVENT_DATA_MODELS: Final[dict[EventType, type[_Payload]]] = {
     EventType.SALE_RETURNED: SaleReturned,
     EventType.FACING_CHANGED: FacingChanged,
     EventType.COMMISSIONING: Commissioning,
+    EventType.STOCKTAKE_COMPLETED: StocktakeCompleted,
+    EventType.STOCK_RECEIVED: StockReceived,
 }
 
 
@@ -614,6 +749,9 @@ class Heartbeat(_Payload):
     last_seq: int
     devices: list[DeviceHealth]
     active_alerts: int
+    outbox_alarm: str | None = None
+    """Set while an outbox disk quota is hit (edge/outbox_quota.py): what was hit and what the gateway does
+    about it. Optional, so heartbeats from gateways that predate it still validate."""
 
     def to_json(self) -> bytes:
         """Wire form (uses the `schema` alias)."""

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +27,17 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 
+from edge.audit import audit_for, current_actor
+from edge.auth import Auth, AuthMiddleware, auth_router
 from edge.camera_api import camera_router
+from edge.catalogue_api import catalogue_router
+from edge.http_limits import install_http_limits
 from edge.installer import installer_router
+from edge.lane_api import lane_router
 from edge.metrics import install_api_metrics, metrics_router
+from edge.reports_api import reports_router
+from edge.signals import signals_router
+from edge.stock_api import stock_router
 
 if TYPE_CHECKING:
     from edge.gateway import Gateway
@@ -52,6 +61,18 @@ def create_app(gateway: Gateway) -> FastAPI:
         version=gateway.version,
         description="Live shelf stock, alerts and device health of one store.",
     )
+    install_http_limits(app)  # body cap (413) and documented 4xx answers: docs/security.md
+    # Users, roles, sessions, CSRF (edge/auth.py): on when the config names `api.users_file`.
+    api_cfg = gateway.store_cfg.api
+    data_dir = Path(gateway.store_cfg.data_dir)
+    auth = Auth(
+        api_cfg.users_file,
+        session_ttl_s=api_cfg.session_ttl_s,
+        login_max_attempts_per_min=api_cfg.login_max_attempts_per_min,
+        audit_dir=data_dir,
+    )
+    app.state.auth = auth
+    app.add_middleware(AuthMiddleware, auth=auth)
     # Set by ApiServer on shutdown: open SSE streams end at once instead of holding uvicorn's graceful
     # shutdown for its whole timeout (sse-starlette cannot see our in-loop server stopping).
     shutting_down = asyncio.Event()
@@ -77,6 +98,8 @@ def create_app(gateway: Gateway) -> FastAPI:
             "devices_online": sum(1 for d in devices if d["online"]),
             "devices_total": len(devices),
             "active_alerts": len(gateway.rules.active()),
+            "outbox_alarm": gateway.store.outbox_alarm,
+            "outbox_quota": gateway.store.outbox_usage().as_dict(),
         }
 
     @app.get("/api/stock")
@@ -93,13 +116,42 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.post("/api/alerts/{alert_id}/ack")
     async def acknowledge(alert_id: str, body: AckRequest | None = None) -> dict[str, Any]:
-        by = body.by if body is not None else "staff"
+        # With auth on, who acknowledged is the logged-in user, not what the body claims.
+        by = current_actor.get().user if auth.enabled else (body.by if body is not None else "staff")
+        before = await gateway.store.alert(alert_id)
         row = await gateway.acknowledge(alert_id, by)
         if row is None:
             raise HTTPException(status_code=404, detail=f"no alert {alert_id!r}")
         if row.state == "resolved" and row.acknowledged_by is None:
             raise HTTPException(status_code=409, detail=f"alert {alert_id!r} is already resolved")
+        if before is None or before.state != row.state:
+            await audit_for(data_dir).arecord(
+                "alert.acknowledge",
+                alert_id,
+                None if before is None else _alert_audit(before.as_dict()),
+                _alert_audit(row.as_dict()),
+            )
         return gateway.alert_view(row)
+
+    @app.get("/api/audit")
+    async def audit(
+        since: str | None = Query(default=None, description="RFC 3339 time; only entries at or after it"),
+        user: str | None = Query(default=None, max_length=64),
+        action: str | None = Query(
+            default=None, max_length=64, description="e.g. `alert.acknowledge`, or a prefix: `calibration`"
+        ),
+        limit: int = Query(default=500, ge=1, le=5000),
+    ) -> list[dict[str, Any]]:
+        since_ts = None
+        if since is not None:
+            try:
+                since_ts = datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
+            except ValueError as exc:
+                raise HTTPException(
+                    status_code=422, detail=f"since: not an RFC 3339 time: {since!r}"
+                ) from exc
+        log = audit_for(data_dir)
+        return await asyncio.to_thread(log.query, since=since_ts, user=user, action=action, limit=limit)
 
     @app.get("/api/devices")
     async def devices(
@@ -156,14 +208,26 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def board() -> FileResponse:
         return FileResponse(WEB_DIR / "board.html", media_type="text/html; charset=utf-8")
 
+    app.include_router(auth_router(auth))
     app.include_router(installer_router(gateway))
     app.include_router(camera_router(gateway))
+    app.include_router(lane_router(gateway))
+    app.include_router(stock_router(gateway))
+    app.include_router(catalogue_router(gateway))
+    app.include_router(reports_router(gateway))
+    app.include_router(signals_router(gateway))
     metrics_registry = CollectorRegistry()  # per app: tests run many gateways in one process
     install_api_metrics(app, metrics_registry)
     app.include_router(metrics_router(gateway, metrics_registry))
     if WEB_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     return app
+
+
+def _alert_audit(row: dict[str, Any]) -> dict[str, Any]:
+    """The part of an alert an acknowledgement changes."""
+    keys = ("state", "acknowledged_by", "acknowledged_at", "count", "bin_id", "kind")
+    return {k: row.get(k) for k in keys}
 
 
 class _InLoopServer(uvicorn.Server):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,8 +40,10 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from drivers.modbus.protocol import RegisterMap, StatusPoint, ValueType, WeightPoint, WordOrder
+from edge.outbox_quota import QUOTA_CRITICAL_MB, QUOTA_LEVELS_MB
 from edge.retail.catalogue import Catalogue, load_catalogue, missing_skus
 from edge.retail.errors import CatalogueError
+from edge.retail.hours import OpeningHours, Shifts
 from edge.yamlfile import Loc, YamlFileError, format_loc, nearest_line, parse_yaml, read_text
 
 PROJECT_PROFILES = Path(__file__).resolve().parent.parent / "config" / "profiles"
@@ -342,6 +345,38 @@ class CameraRoi(_Frozen):
         default=None, min_length=1, max_length=32, description="the facing's SKU; default: its bin's `sku`"
     )
     bin: Identifier | None = Field(default=None, description="the bin (`bins[].id`) this facing shows")
+    # Camera fusion for a weighed bin (docs/cameras.md, "Fusion with weight"); ignored for camera-only bins.
+    units: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="units the stocked facing shows (as in its reference): the fill score then counts items "
+        "to settle an ambiguous weight change; without it only `empty` (0 items) and 'not empty' do",
+    )
+    fusion_frames: int = Field(
+        default=3,
+        ge=1,
+        le=30,
+        description="agreeing, unblocked frames after a weight change the camera needs",
+    )
+    fusion_window_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="how long after an ambiguous weight change the camera may answer",
+    )
+    fill_tolerance_items: float = Field(
+        default=0.35, gt=0, le=1, description="fill score × `units` must be this close to the count it picks"
+    )
+    misplaced_min_fraction: float = Field(
+        default=0.25,
+        gt=0,
+        le=0.5,
+        description="a weight change this far (in units) from every whole number of items is foreign goods",
+    )
+    misplaced_max_score_change: float = Field(
+        default=0.1, ge=0, le=1, description="fill score change up to which the facing counts as unchanged"
+    )
 
     @model_validator(mode="after")
     def _shape(self) -> CameraRoi:
@@ -445,8 +480,25 @@ class Broker(_Frozen):
 class Api(_Frozen):
     """The local REST API and staff pages."""
 
-    host: str = "127.0.0.1"
+    host: str = Field(
+        default="127.0.0.1",
+        description="listen address; anything but loopback needs `api.users_file` (docs/security.md)",
+    )
     port: int = Field(default=8080, ge=0, lt=65536, description="0 picks a free port")
+    users_file: Path | None = Field(
+        default=None,
+        description="users and argon2id password hashes (mode 0600, relative to this file; `shelfgate users add`);"
+        " when set, every route but `/api/health` needs a login. Unset: open API, loopback only",
+    )
+    session_ttl_s: float = Field(
+        default=43_200.0, gt=0, le=7 * 86_400, description="a login lasts this long (default one 12 h shift)"
+    )
+    login_max_attempts_per_min: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="login attempts per client address and user name per minute (429)",
+    )
 
 
 class Alerts(_Frozen):
@@ -475,6 +527,67 @@ class Bridge(_Frozen):
     resend_retention_days: float = Field(
         default=7.0, ge=0, description="…and none older than this many days; unsent events are never pruned"
     )
+    outbox_quota_critical_mb: float = Field(
+        default=QUOTA_CRITICAL_MB,
+        gt=0,
+        description="disk quota of unsent sales and alerts (MiB): never dropped; at the quota one alarm is raised"
+        " and level updates are held (docs/reliability.md#outbox-quotas)",
+    )
+    outbox_quota_levels_mb: float = Field(
+        default=QUOTA_LEVELS_MB,
+        gt=0,
+        description="disk quota of unsent stock/facing level updates (MiB): at the quota one alarm is raised and"
+        " they coalesce to the latest per bin",
+    )
+
+
+class Forecast(_Frozen):
+    """Stock-out forecast (`predicted_out`, docs/store-workflows.md#stock-out-forecast-缺货预警)."""
+
+    enabled: bool = True
+    horizon_min: float = Field(default=30.0, gt=0, description="alert when a bin would be empty within this")
+    tau_min: float = Field(default=30.0, gt=0, description="time constant of the pick-rate average")
+    clear_factor: float = Field(default=1.5, ge=1, description="resolve when the ETA exceeds horizon × this")
+    min_picks: float = Field(
+        default=3.0, ge=0, description="recent pick events needed before a rate is trusted"
+    )
+    tick_s: float = Field(
+        default=60.0, gt=0, le=3600, description="re-evaluation period without count changes"
+    )
+
+
+class LossRules(_Frozen):
+    """RFID exit-zone loss signal (`loss_suspected`, docs/store-workflows.md#rfid-loss-signal)."""
+
+    enabled: bool = True
+    sold_window_min: float = Field(
+        default=15.0,
+        gt=0,
+        description="an exit is covered by a sale of its GTIN within this many minutes before",
+    )
+    expire_h: float = Field(
+        default=8.0, gt=0, description="an unanswered loss alert resolves itself after this (kept in history)"
+    )
+
+
+class ShrinkRules(_Frozen):
+    """Shrink signal per SKU (`shrink_suspected`, docs/store-workflows.md#shrink-signal)."""
+
+    enabled: bool = True
+    window_min: float = Field(
+        default=240.0, gt=0, description="picks and sales are compared over this window"
+    )
+    grace_min: float = Field(
+        default=10.0, ge=0, description="picks this recent wait for their sale (the walk to the checkout)"
+    )
+    put_back_min: float = Field(
+        default=10.0,
+        ge=0,
+        description="a put within this of a pick is a put-back (offsets it), later a restock",
+    )
+    tolerance_units: int = Field(default=3, ge=0, description="unexplained picks tolerated (units)…")
+    tolerance_pct: float = Field(default=10.0, ge=0, le=100, description="…or this % of the picks, if more")
+    tick_s: float = Field(default=60.0, gt=0, le=3600, description="how often the window is evaluated")
 
 
 class StoreConfig(_Frozen):
@@ -504,6 +617,24 @@ class StoreConfig(_Frozen):
         default=None,
         description="product catalogue (`.yaml`/`.yml` or an HQ `.csv` export; relative to this file); when "
         "set, every bin's `sku` must exist in it (docs/store-workflows.md#catalogue)",
+    )
+    shifts: Shifts | None = Field(
+        default=None,
+        description="staff shifts for the response-time report, e.g. `{tz: Asia/Shanghai, shifts: [{name: early, "
+        'hours: "07:00-15:00"}, {name: late, hours: "15:00-23:00"}]}` (local time, no overlaps; '
+        "docs/store-workflows.md#staff-response-times)",
+    )
+    opening_hours: OpeningHours = Field(
+        default=OpeningHours(),
+        description='when the store is open (forecast alerts only then), e.g. `{tz: Asia/Shanghai, default: "08:00-'
+        '22:00", sun: "09:00-21:00"}`',
+    )
+    forecast: Forecast = Field(default=Forecast(), description="stock-out forecast: `predicted_out` alerts")
+    loss: LossRules = Field(
+        default=LossRules(), description="RFID exit-zone loss signal: `loss_suspected` alerts"
+    )
+    shrink: ShrinkRules = Field(
+        default=ShrinkRules(), description="picks not explained by sales: `shrink_suspected` alerts"
     )
 
     @property
@@ -680,6 +811,7 @@ def _cross_checks(
     _check_patterns(store, issue)
     _check_rfid(store, issue)
     _check_cameras(store, issue)
+    _check_api(store, config_dir, issue)
     if store.ble.keys_file is None:
         for i, sensor in enumerate(store.ble_sensors):
             if sensor.keyed:
@@ -691,6 +823,35 @@ def _cross_checks(
 
 
 Issue = Callable[[Loc, str], None]
+
+
+def is_loopback_host(host: str) -> bool:
+    """`127.0.0.0/8`, `::1` or `localhost`: only this machine can connect."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_api(store: StoreConfig, config_dir: Path, issue: Issue) -> None:
+    """A LAN-facing API must have users (edge/auth.py); a named users file must exist."""
+    users_file = store.api.users_file
+    if users_file is None:
+        if not is_loopback_host(store.api.host):
+            issue(
+                ("api", "host"),
+                f"{store.api.host!r} is not a loopback address: a LAN-facing API needs users — run `shelfgate"
+                " users add NAME --role admin --file users.json` and set `api.users_file`",
+            )
+        return
+    path = users_file if users_file.is_absolute() else config_dir / users_file
+    if not path.is_file():
+        issue(
+            ("api", "users_file"),
+            f"{path} does not exist: create it with `shelfgate users add NAME --role admin --file {path}`",
+        )
 
 
 def _device_ids_and_ports(store: StoreConfig, issue: Issue) -> None:
@@ -931,6 +1092,11 @@ def load_config(path: str | Path) -> LoadedConfig:
         raise ConfigError(file, issues)
     if not store.data_dir.is_absolute():
         store = store.model_copy(update={"data_dir": (file.parent / store.data_dir).resolve()})
+    users_file = store.api.users_file
+    if users_file is not None and not users_file.is_absolute():
+        store = store.model_copy(
+            update={"api": store.api.model_copy(update={"users_file": (file.parent / users_file).resolve()})}
+        )
     keys_file = store.ble.keys_file
     if keys_file is not None and not keys_file.is_absolute():
         ble = store.ble.model_copy(update={"keys_file": (file.parent / keys_file).resolve()})

@@ -25,18 +25,22 @@ from edge.config import (
     Camera,
     CameraReference,
     CameraRoi,
+    Forecast,
     FrameSize,
     LocalizedName,
+    LossRules,
     RfidAntenna,
     RfidPresence,
     RfidReader,
     RtuBus,
     Scale,
     Scanner,
+    ShrinkRules,
     StoreConfig,
     TcpBus,
     Transmitter,
 )
+from edge.retail.hours import OpeningHours
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("top level", StoreConfig),
@@ -62,6 +66,10 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`barcodes`", Barcodes),
     ("`rfid_presence`", RfidPresence),
     ("`ble`", Ble),
+    ("`opening_hours`", OpeningHours),
+    ("`forecast`", Forecast),
+    ("`loss`", LossRules),
+    ("`shrink`", ShrinkRules),
 ]
 
 

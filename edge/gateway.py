@@ -1,10 +1,12 @@
 """The gateway runtime: devices → inventory engine → alerts → SQLite → uplink, plus the local API.
 
-One process root (STYLE.md rule 13): `shelfgate run` calls `asyncio.run(Gateway(config).run())`. Everything the
-gateway starts lives in one TaskGroup with named tasks: `devices[{family}]` per configured device family (each a
-coordinator from `edge/devices/` with its own tasks: `poller[{id}]`, `scale[{id}].loop`, `scanner[{id}].loop`,
-`rfid[{id}].loop` + `rfid.presence`, `ble.scanner`), `gateway.ticker`, `uplink`, `api`. A device's failure
-stays with that device (drivers count and retry; coordinators supervise); if a critical task dies the group
+One process root (STYLE.md rule 13): `shelfgate run` runs `Gateway(config).run()` under the remote-config
+runner (edge/remote_config.py: a pushed config restarts it in-process). Everything the gateway starts lives in
+one TaskGroup with named tasks: `lanes` (checkout lanes, when the store has any), `stock.scans` (stocktake and
+receiving), `devices[{family}]` per configured device family (each a coordinator from `edge/devices/` with its
+own tasks: `poller[{id}]`, `scale[{id}].loop`, `scanner[{id}].loop`, `rfid[{id}].loop` + `rfid.presence`,
+`ble.scanner`), `gateway.ticker`, `signals` (forecast, loss, shrink: edge/signals.py), `uplink`, `api`.
+A device's failure stays with that device (drivers count and retry; coordinators supervise); if a critical task dies the group
 cancels the rest and the process exits non-zero, so systemd's `Restart=on-failure` brings it back rather than
 it limping on.
 
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from cloud_bridge.config_push import CONFIG_COMMAND
 from cloud_bridge.contract import (
     AlertData,
     AlertKind,
@@ -55,6 +58,7 @@ from drivers.modbus.models import Sample
 from drivers.modbus.protocol import ChannelReading
 from edge import __version__
 from edge.api import ApiServer, create_app
+from edge.audit import audit_command
 from edge.commands import handle_resend
 from edge.config import Bin, LoadedConfig
 from edge.devices.base import Coordinator, DeviceHealthView
@@ -67,6 +71,10 @@ from edge.inventory import (
     CountChanged,
     SensorFault,
 )
+from edge.outbox_quota import OutboxQuota
+from edge.remote_config import RemoteConfig, handle_config
+from edge.signals import StoreSignals
+from edge.stocktakes import StockDesk
 from edge.store import PRIORITY_HIGH, PRIORITY_LEVEL, AlertRow, BinRow, GatewayStore, NewEvent
 
 if TYPE_CHECKING:
@@ -78,6 +86,8 @@ if TYPE_CHECKING:
     from edge.devices.rfid import RfidCoordinator
     from edge.devices.scales import ScaleCoordinator
     from edge.devices.scanners import ScannerCoordinator
+    from edge.inventory.fusion import CameraFusion
+    from edge.lanes import LaneService
     from edge.vision import FacingStateChanged
 
 _log = logging.getLogger(__name__)
@@ -155,12 +165,15 @@ class Gateway:
             Path(s.data_dir) / "gateway.db",
             retention_max_events=s.bridge.resend_retention_events,
             retention_max_age_s=s.bridge.resend_retention_days * 86400,
+            quota=OutboxQuota.from_mb(s.bridge.outbox_quota_critical_mb, s.bridge.outbox_quota_levels_mb),
         )
         # systemd (Type=notify): READY=1 when serving, WATCHDOG=1 only while the ticker beats and the database
         # thread answers (cloud_bridge/systemd.py). Both are no-ops when not started by systemd.
         self.notifier = SdNotifier()
         self.liveness = Liveness()
         self.watchdog: Watchdog | None = None
+        self.remote_config: RemoteConfig | None = None
+        """Set by the `shelfgate run` runner (edge/remote_config.py); None: `cmd/config` is refused."""
         self.bins: dict[str, Bin] = {b.id: b for b in s.bins}
         weighing = [t.id for t in s.transmitters] + [b.id for b in s.ble_sensors]
         self.bins_by_device: dict[str, list[str]] = {device_id: [] for device_id in weighing}
@@ -182,13 +195,16 @@ class Gateway:
         self.raw_taps: set[Callable[[Sample], None]] = set()
         """Listeners to every weighing sample before the engine (the calibration wizard); empty = no cost."""
         self._proc = psutil.Process(os.getpid())
-        publish = self.alerts_stream.publish
+        self.lanes: LaneService | None = None
+        publish = self._publish_device
         self.modbus: ModbusCoordinator | None = None
         self.scales: ScaleCoordinator | None = None
         self.scanners: ScannerCoordinator | None = None
         self.rfid: RfidCoordinator | None = None
         self.ble: BleCoordinator | None = None
         self.cameras: CameraCoordinator | None = None
+        self.fusion: CameraFusion | None = None
+        """Weighed bins with a camera: ambiguous changes settled, misplaced goods flagged (docs/cameras.md)."""
         if s.transmitters:
             self.modbus = ModbusCoordinator(config, self.bins_by_device, self._on_sample, self)
         if s.scales:
@@ -209,8 +225,41 @@ class Gateway:
             self.ble = BleCoordinator(s.ble, s.ble_sensors, self, publish, backend=ble_backend)
         if s.cameras:
             from edge.devices.cameras import CameraCoordinator  # noqa: PLC0415 - lazy: OpenCV only when needed
+            from edge.inventory.fusion import CameraFusion  # noqa: PLC0415 - lazy: OpenCV only when needed
 
-            self.cameras = CameraCoordinator(s.cameras, self.bins, self, publish, sources=camera_sources)
+            self.cameras = CameraCoordinator(
+                s.cameras,
+                self.bins,
+                self,
+                publish,
+                sources=camera_sources,
+                reference_dir=Path(s.data_dir) / "camera-references",
+            )
+            self.fusion = CameraFusion(self.bins, self.cameras.configs, self.cameras.board)
+        if any(sc.lane for sc in s.scanners) or any(sc.lane for sc in s.scales):
+            from edge.lanes import lane_service_for  # noqa: PLC0415 - lazy: see the module docstring
+
+            self.lanes = lane_service_for(config, self.store, self.scales, self.alerts_stream.publish)
+        # Stocktake (盘点) and receiving: the phone page works without scanners; handheld/receiving scans feed it.
+        self.stock = StockDesk(
+            self.store,
+            self.bins,
+            config.catalogue,
+            s.scanners,
+            publish=self.alerts_stream.publish,
+            boot_id=self.boot_id,
+        )
+        # Store signals (issue #6 parts 5-7): predicted_out, loss_suspected, shrink_suspected (edge/signals.py).
+        self.signals = StoreSignals(s, self.store, self.bins)
+
+    def _publish_device(self, item: dict[str, Any]) -> None:
+        """A device coordinator's live item: to the checkout lanes (lane scans, lane-scale weights), then the
+        stream. Synchronous: the lanes only queue it (`LaneService.feed`)."""
+        if self.lanes is not None:
+            self.lanes.feed(item)
+        self.stock.feed(item)
+        self.signals.feed(item)
+        self.alerts_stream.publish(item)
 
     @property
     def coordinators(self) -> list[Coordinator]:
@@ -240,7 +289,7 @@ class Gateway:
             if b.device is not None:
                 self._by_device[b.device][b.channel] = (bin_id, self.estimators[bin_id])
         active = await self.store.alerts(active_only=True, limit=100_000)
-        self.rules.restore([_transition_from_row(a) for a in active])
+        self.rules.restore(self.signals.restore([_transition_from_row(a) for a in active]))
         _log.info(
             "gateway %s restored %d bins (%d with a count), %d active alerts, last seq %d",
             self.gateway_id,
@@ -261,10 +310,17 @@ class Gateway:
 
     async def _run_tasks(self, *, serve_api: bool, uplink: bool) -> None:
         async with asyncio.TaskGroup() as tg:
+            if self.lanes is not None:  # rebuilt from their journals before any device can feed them
+                await self.lanes.start()
+                tg.create_task(self.lanes.run(), name="lanes")
+            # Stocktake/receiving journals are replayed before a scan or a page reaches them.
+            await self.stock.start()
+            tg.create_task(self.stock.run(), name="stock.scans")
             for coordinator in self.coordinators:
                 tg.create_task(coordinator.run(), name=f"devices[{coordinator.family}]")
             self.liveness.expect("gateway.ticker", TICKER_MAX_AGE_S)
             tg.create_task(self._ticker(), name="gateway.ticker")
+            tg.create_task(self.signals.run(lambda ts: self._persist([], ts, [])), name="signals")
             if uplink:
                 self.uplink = self._make_uplink()
                 tg.create_task(self.uplink.run(), name="uplink")
@@ -304,7 +360,7 @@ class Gateway:
             publish_timeout_s=self.store_cfg.bridge.publish_timeout_s,
             heartbeat_s=self.store_cfg.bridge.heartbeat_s,
             heartbeat=self.heartbeat,
-            on_command=self._on_command,
+            on_command=self._audited_command,
         )
 
     # --- the pipeline --------------------------------------------------------------------------------------
@@ -351,10 +407,14 @@ class Gateway:
                     transitions.extend(
                         self.rules.update_count(bin_id, ev.count, ev.ts, uncertain=ev.uncertain)
                     )
+                    if self.fusion is not None:
+                        transitions.extend(self.fusion.count_changed(bin_id, estimator, self.rules, ev.ts))
                 elif isinstance(ev, Ambiguous):
                     transitions.extend(
                         self.rules.ambiguous(bin_id, ev.ts, self._with_facing_hint(bin_id, ev))
                     )
+                    if self.fusion is not None:
+                        self.fusion.ambiguous(ev)
                 elif isinstance(ev, SensorFault):
                     transitions.extend(self.rules.sensor_fault(bin_id, ev.kind, ev.active, ev.ts, ev.detail))
         return counts, transitions, touched
@@ -419,6 +479,10 @@ class Gateway:
             transitions = self.rules.tick(time.time())
             if transitions:
                 await self._persist([], transitions, [])
+            if self.fusion is not None and self.fusion.pending:
+                fused = self.fusion.check(time.time(), self.estimators, self.rules)
+                if fused.counts or fused.transitions:
+                    await self._persist(fused.counts, fused.transitions, fused.touched)
 
     async def _persist(
         self,
@@ -430,6 +494,8 @@ class Gateway:
     ) -> None:
         """One transaction for everything a sample caused, then tell live subscribers."""
         events: list[NewEvent] = list(extra)
+        if counts:  # every count change, whatever its source, feeds the forecast and the shrink window
+            transitions = [*transitions, *self.signals.count_changed(counts)]
         for c in counts:
             b = self.bins[c.bin_id]
             data = StockChanged(
@@ -488,6 +554,7 @@ class Gateway:
     async def acknowledge(self, alert_id: str, by: str) -> AlertRow | None:
         """Staff acknowledged an alert: record who and when; None when the alert is unknown."""
         transition = self.rules.acknowledge(alert_id, by, time.time())
+        transition = transition or self.signals.acknowledge(alert_id, by)
         if transition is None:
             return await self.store.alert(alert_id)
         await self._persist([], [transition], [])
@@ -559,6 +626,9 @@ class Gateway:
         b = self.bins.get(row.bin_id)
         out["name"] = {"zh": b.name.zh, "en": b.name.en} if b else None
         out["location"] = b.location if b else ""
+        if b is None and self.config.catalogue is not None:  # a loss alert: its bin_id is an RFID exit zone
+            item = self.config.catalogue.get(row.sku)
+            out["name"] = {"zh": item.name.zh, "en": item.name.en} if item else None
         return out
 
     def device_health(self) -> list[DeviceHealthView]:
@@ -586,13 +656,23 @@ class Gateway:
             outbox_oldest_age_s=None if oldest is None else round(oldest, 1),
             last_seq=await self.store.last_seq(),
             devices=[view.to_contract() for view in self.device_health()],
-            active_alerts=len(self.rules.active()),
+            active_alerts=len(self.rules.active()) + self.signals.alerts.active_count(),
+            outbox_alarm=self.store.outbox_alarm,
         )
+
+    async def _audited_command(self, name: str, command: Command) -> CommandResult:
+        """`_on_command`, with each hub command in the audit log as user `hub` (edge/audit.py)."""
+        before = {"config_version": self.config.version}
+        result = await self._on_command(name, command)
+        await audit_command(self.store_cfg.data_dir, name, command, result, before)
+        return result
 
     async def _on_command(self, name: str, command: Command) -> CommandResult:
         """Commands from the hub; the uplink answers `ping` itself."""
         if name == RESEND_COMMAND:
             return await handle_resend(self.store, command)
+        if name == CONFIG_COMMAND:
+            return await handle_config(self.remote_config, self.config, command)
         raise UnknownCommandError(name)
 
 

@@ -17,6 +17,10 @@ event id; the hub's constraint makes the replay harmless). Rows still waiting in
 A resent row carries a `resend_gen` newer than the uplink's last `peek`, so the PUBACK of a batch that was
 already in flight when the resend came cannot delete it unsent (`ack_through` deletes up to `last_seq` only
 rows the uplink had peeked).
+
+Outbox quotas (edge/outbox_quota.py): unsent bytes are counted per priority; while a quota is hit, level
+updates wait in `outbox_held` (one row per bin, without a seq, coalesced to the latest) and are appended once
+the backlog drains, so seq stays gap-free and sales and alerts are never dropped.
 """
 
 from __future__ import annotations
@@ -36,6 +40,17 @@ import sqlite_utils
 
 from cloud_bridge.outbox import OutboxRow
 from cloud_bridge.resend import ResendResult, SeqSpan, merge_spans
+from edge.outbox_quota import (
+    CRITICAL,
+    LEVELS,
+    ROW_BYTES_SQL,
+    OutboxQuota,
+    OutboxUsage,
+    QuotaState,
+    coalesce_key,
+    merge_level,
+    row_bytes,
+)
 
 T = TypeVar("T")
 
@@ -51,7 +66,9 @@ RETENTION_MAX_AGE_S = 7 * 86_400.0
 PRIORITY_HIGH = 0
 """Sales and alerts: never dropped before level updates."""
 PRIORITY_LEVEL = 1
-"""Stock level updates."""
+"""Stock level updates — and any event that is a snapshot the next one of the same key supersedes: while an
+outbox quota is hit they coalesce per `edge.outbox_quota.coalesce_key` (bin, facing, record). Anything that
+must never be merged away is `PRIORITY_HIGH`."""
 
 
 class StoreError(RuntimeError):
@@ -117,6 +134,7 @@ class GatewayStore:
         retention_max_events: int = RETENTION_MAX_EVENTS,
         retention_max_age_s: float = RETENTION_MAX_AGE_S,
         clock: Callable[[], float] = time.time,
+        quota: OutboxQuota | None = None,
     ) -> None:
         if retention_max_events < 0 or retention_max_age_s < 0:
             raise ValueError("retention_max_events and retention_max_age_s must be >= 0")
@@ -134,6 +152,8 @@ class GatewayStore:
         """Bumped by every resend; stored on the rows it re-enqueues (DB thread only)."""
         self._peeked_gen = 0
         """`_resend_gen` at the uplink's last peek: rows newer than that have not been seen by it."""
+        self._quota = QuotaState(quota or OutboxQuota())
+        """Per-priority quotas of unsent events (edge/outbox_quota.py); database thread only."""
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -172,6 +192,7 @@ class GatewayStore:
         self._migrate_v2(conn, self._clock())
         (gen,) = conn.execute("SELECT COALESCE(MAX(resend_gen), 0) FROM outbox").fetchone()
         self._resend_gen = int(gen)
+        self._open_quota(conn)
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -274,37 +295,31 @@ class GatewayStore:
             self._rows_waiting.set()
         return seqs
 
-    def _record(self, events: list[NewEvent], bins: list[BinRow], alerts: list[AlertRow]) -> list[int]:
+    async def transact(self, fn: Callable[[sqlite3.Connection], T], events: Sequence[NewEvent] = ()) -> T:
+        """Run `fn(conn)` on the store thread inside the one transaction that also appends `events` (ledger +
+        outbox, through the same path as `record`); fn's return value is returned. fn must not BEGIN/COMMIT;
+        if it raises, nothing of it and no event is committed. The hook for modules that own their own tables
+        (checkout lanes, book stock) and need their rows atomic with an outbox event."""
+        box: list[T] = []
+        seqs = await self._run(self._record, list(events), [], [], lambda conn: box.append(fn(conn)))
+        if seqs:
+            self.events_written += len(seqs)
+            self._rows_waiting.set()
+        return box[0]
+
+    def _record(
+        self,
+        events: list[NewEvent],
+        bins: list[BinRow],
+        alerts: list[AlertRow],
+        before_commit: Callable[[sqlite3.Connection], object] | None = None,
+    ) -> list[int]:
         db = self._db
         now = self._clock()
+        saved_quota = self._quota.snapshot()
         db.execute("BEGIN IMMEDIATE")
         try:
-            seqs: list[int] = []
-            if events:
-                (last,) = db.execute(
-                    "SELECT CAST(value AS INTEGER) FROM meta WHERE key='last_seq'"
-                ).fetchone()
-                seqs = list(range(last + 1, last + 1 + len(events)))
-                rows = [
-                    (
-                        s,
-                        e.event_type,
-                        e.ts,
-                        json.dumps(e.data, ensure_ascii=False, separators=(",", ":")),
-                        e.priority,
-                        now,
-                    )
-                    for s, e in zip(seqs, events, strict=True)
-                ]
-                db.executemany(
-                    "INSERT INTO ledger (seq, type, ts, data, priority, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-                db.executemany(
-                    "INSERT INTO outbox (seq, type, ts, data, priority, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-                db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (str(seqs[-1]),))
+            seqs = self._append_events(events, now) if events else []
             if bins:
                 db.executemany(
                     "INSERT INTO bins (bin_id, sku, count, weight_g, baseline_g, uncertain, updated_ts)"
@@ -343,11 +358,138 @@ class GatewayStore:
                         for a in alerts
                     ],
                 )
+            if before_commit is not None:
+                before_commit(db)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
+            self._quota.restore(saved_quota)
             raise
+        self._quota.evaluate()
         return seqs
+
+    # --- outbox quotas (edge/outbox_quota.py) ---------------------------------------------------------
+
+    @property
+    def outbox_alarm(self) -> str | None:
+        """The outbox quota alarm while a quota is hit (heartbeat `outbox_alarm`), else None."""
+        return self._quota.alarm
+
+    def outbox_usage(self) -> OutboxUsage:
+        """Unsent bytes per class against the quotas, held level updates and the alarm (`/api/health`)."""
+        return self._quota.usage()
+
+    def _open_quota(self, conn: sqlite3.Connection) -> None:
+        """Create the held-updates table (additive: no schema version bump) and count what is unsent."""
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS outbox_held (key TEXT PRIMARY KEY, type TEXT NOT NULL, ts TEXT NOT NULL,"
+            " data TEXT NOT NULL, priority INTEGER NOT NULL, created_at REAL NOT NULL, merged INTEGER NOT NULL)"
+        )
+        self._count_unsent("1", (), sign=1)
+        (held,) = conn.execute("SELECT COUNT(*) FROM outbox_held").fetchone()
+        self._quota.held = int(held)
+        if self._quota.held and self._quota.would_clear():
+            # Held before a restart under quotas that are no longer hit (the backlog drained, or the quota
+            # was raised): release now — no acknowledgement may come to do it if the outbox is empty.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._release_held(self._clock())
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        self._quota.evaluate()
+
+    def _count_unsent(self, where: str, args: tuple[Any, ...], *, sign: int) -> None:
+        """Add (sign 1) or remove (sign -1) the bytes of the outbox rows matching `where` (caller's
+        transaction; `where` is one of this class's constant fragments)."""
+        for priority, nbytes in self._db.execute(
+            f"SELECT priority, SUM({ROW_BYTES_SQL}) FROM outbox WHERE {where} GROUP BY priority",  # noqa: S608
+            args,
+        ):
+            self._quota.add(LEVELS if priority == PRIORITY_LEVEL else CRITICAL, sign * int(nbytes or 0))
+
+    def _append_events(self, events: list[NewEvent], now: float) -> list[int]:
+        """Give events their seqs and write them to ledger + outbox — except level updates while a quota is
+        hit (or whose key is already held): those replace their key's row in `outbox_held`, without a seq."""
+        db = self._db
+        (last,) = db.execute("SELECT CAST(value AS INTEGER) FROM meta WHERE key='last_seq'").fetchone()
+        rows: list[tuple[int, str, str, str, int, float]] = []
+        for e in events:
+            text = json.dumps(e.data, ensure_ascii=False, separators=(",", ":"))
+            if (
+                e.priority == PRIORITY_LEVEL
+                and (self._quota.shedding or self._quota.held)
+                and self._hold(e, now)
+            ):
+                continue
+            last += 1
+            rows.append((last, e.event_type, e.ts, text, e.priority, now))
+            kind = LEVELS if e.priority == PRIORITY_LEVEL else CRITICAL
+            self._quota.add(kind, row_bytes(e.event_type, e.ts, text))
+        self._insert_rows(rows)
+        return [r[0] for r in rows]
+
+    def _hold(self, event: NewEvent, now: float) -> bool:
+        """Coalesce `event` into its key's held row if there is one, or hold it anew while shedding.
+        True if the event was held."""
+        db = self._db
+        key = coalesce_key(event.event_type, event.data)
+        row = db.execute("SELECT data FROM outbox_held WHERE key = ?", (key,)).fetchone()
+        if row is None and not self._quota.shedding:
+            return False
+        data = event.data if row is None else merge_level(event.event_type, json.loads(row[0]), event.data)
+        db.execute(
+            "INSERT INTO outbox_held (key, type, ts, data, priority, created_at, merged)"
+            " VALUES (?, ?, ?, ?, ?, ?, 1) ON CONFLICT(key) DO UPDATE SET type = excluded.type, ts = excluded.ts,"
+            " data = excluded.data, merged = outbox_held.merged + 1",
+            (
+                key,
+                event.event_type,
+                event.ts,
+                json.dumps(data, ensure_ascii=False, separators=(",", ":")),
+                event.priority,
+                now,
+            ),
+        )
+        if row is None:
+            self._quota.held += 1
+        else:
+            self._quota.coalesced += 1
+        return True
+
+    def _insert_rows(self, rows: list[tuple[int, str, str, str, int, float]]) -> None:
+        if not rows:
+            return
+        db = self._db
+        db.executemany(
+            "INSERT INTO ledger (seq, type, ts, data, priority, created_at) VALUES (?, ?, ?, ?, ?, ?)", rows
+        )
+        db.executemany(
+            "INSERT INTO outbox (seq, type, ts, data, priority, created_at) VALUES (?, ?, ?, ?, ?, ?)", rows
+        )
+        db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (str(rows[-1][0]),))
+
+    def _release_held(self, now: float) -> int:
+        """Once both classes are back under their clear marks, append the held updates (oldest key first)
+        with fresh seqs (caller's transaction). Returns how many were appended."""
+        if not self._quota.held:
+            return 0
+        if not self._quota.would_clear():
+            return 0
+        db = self._db
+        (last,) = db.execute("SELECT CAST(value AS INTEGER) FROM meta WHERE key='last_seq'").fetchone()
+        rows: list[tuple[int, str, str, str, int, float]] = []
+        for event_type, ts, text, priority in db.execute(
+            "SELECT type, ts, data, priority FROM outbox_held ORDER BY created_at, key"
+        ).fetchall():
+            last += 1
+            rows.append((last, event_type, ts, text, priority, now))
+            self._quota.add(LEVELS, row_bytes(event_type, ts, text))
+        self._insert_rows(rows)
+        db.execute("DELETE FROM outbox_held")
+        self._quota.held = 0
+        return len(rows)
 
     # --- reads ---------------------------------------------------------------------------------------------
 
@@ -428,6 +570,7 @@ class GatewayStore:
     def _resend(self, spans: list[SeqSpan]) -> ResendResult:
         db = self._db
         now = self._clock()
+        saved_quota = self._quota.snapshot()
         generation = self._resend_gen + 1
         requested = resent = already_queued = 0
         not_retained: list[SeqSpan] = []
@@ -455,10 +598,14 @@ class GatewayStore:
                 resent += inserted
                 if queued + inserted < high - low + 1:
                     not_retained.extend(self._holes(low, high))
+            if resent:
+                self._count_unsent("resend_gen = ?", (generation,), sign=1)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
+            self._quota.restore(saved_quota)
             raise
+        self._quota.evaluate()
         if resent:
             self._resend_gen = generation
         return ResendResult(
@@ -498,21 +645,31 @@ class GatewayStore:
 
     async def ack_through(self, last_seq: int) -> int:
         """Delete rows up to last_seq once the broker acknowledged them (only rows the uplink had peeked:
-        a resend that landed meanwhile stays), then apply the ledger's retention."""
-        return await self._run(self._ack_through, last_seq)
+        a resend that landed meanwhile stays), then apply the ledger's retention. Back under the outbox
+        quotas, the level updates held meanwhile are appended (edge/outbox_quota.py)."""
+        held_before = self._quota.held
+        deleted = await self._run(self._ack_through, last_seq)
+        if held_before and not self._quota.held:
+            self._rows_waiting.set()
+        return deleted
 
     def _ack_through(self, last_seq: int) -> int:
         db = self._db
+        saved_quota = self._quota.snapshot()
         db.execute("BEGIN IMMEDIATE")
         try:
+            self._count_unsent("seq <= ? AND resend_gen <= ?", (last_seq, self._peeked_gen), sign=-1)
             deleted = db.execute(
                 "DELETE FROM outbox WHERE seq <= ? AND resend_gen <= ?", (last_seq, self._peeked_gen)
             ).rowcount
+            self._release_held(self._clock())
             self.events_pruned += self._prune()
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
+            self._quota.restore(saved_quota)
             raise
+        self._quota.evaluate()
         return deleted
 
     async def prune(self) -> int:
