@@ -49,6 +49,7 @@ from prometheus_client.process_collector import ProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloud_bridge.contract import AlertKind, AlertState
+from edge.outbox_quota import OutboxUsage
 
 if TYPE_CHECKING:
     from edge.gateway import Gateway
@@ -154,6 +155,41 @@ def install_api_metrics(app: FastAPI, registry: CollectorRegistry) -> Histogram:
     return histogram
 
 
+def _quota_families(usage: OutboxUsage) -> Iterator[Metric]:
+    """Outbox quotas (edge/outbox_quota.py): in memory, so they need no database read."""
+    yield GaugeMetricFamily(
+        "shelfgate_outbox_quota_alarm",
+        "1 while an outbox disk quota is hit (level updates coalesce; sales and alerts all kept).",
+        value=int(usage.alarm is not None),
+    )
+    unsent = GaugeMetricFamily(
+        "shelfgate_outbox_unsent_bytes",
+        "Bytes of unsent events as stored, per priority class.",
+        labels=["class"],
+    )
+    quota = GaugeMetricFamily(
+        "shelfgate_outbox_quota_bytes", "Outbox disk quota per priority class.", labels=["class"]
+    )
+    for kind, used, limit in (
+        ("critical", usage.critical_bytes, usage.critical_quota_bytes),
+        ("levels", usage.levels_bytes, usage.levels_quota_bytes),
+    ):
+        unsent.add_metric([kind], used)
+        quota.add_metric([kind], limit)
+    yield unsent
+    yield quota
+    yield GaugeMetricFamily(
+        "shelfgate_outbox_held",
+        "Level updates held without a seq (one per bin) while a quota is hit.",
+        value=usage.held,
+    )
+    yield CounterMetricFamily(
+        "shelfgate_outbox_coalesced",
+        "Level updates merged into a held one since start.",
+        value=usage.coalesced,
+    )
+
+
 # --- the gateway collector -------------------------------------------------------------------------------
 
 
@@ -242,6 +278,7 @@ class GatewayCollector:
             "Sent events dropped from the ledger by the retention limits since start.",
             value=store.events_pruned,
         )
+        yield from _quota_families(store.outbox_usage())
         snap = self._snapshot
         if snap is None:  # collected outside the route (e.g. a test calling the registry directly)
             return
@@ -327,6 +364,10 @@ def _alert_families(g: Gateway) -> Iterator[Metric]:
     counts: dict[tuple[str, str], int] = {(str(k), str(s)): 0 for k in AlertKind for s in ACTIVE_ALERT_STATES}
     for alert in g.rules.active():
         key = (str(alert.kind), str(alert.state))
+        counts[key] = counts.get(key, 0) + 1
+    # Stock-out forecast, loss and shrink alerts live in edge/signals.py, not in the alert rules.
+    for signal_kind, signal_state in g.signals.alerts.active_kinds():
+        key = (str(signal_kind), signal_state)
         counts[key] = counts.get(key, 0) + 1
     for (kind, state), n in sorted(counts.items()):
         active.add_metric([kind, state], n)

@@ -37,7 +37,7 @@
       "stock.level": "状态",
       "stock.none": "暂无库存数据",
       "stock.uncertain": "计数存疑",
-      kind: { low: "低库存", out: "缺货", over: "超储", ambiguous: "计数存疑", sensor_fault: "传感器故障" },
+      kind: { low: "低库存", out: "缺货", over: "超储", ambiguous: "计数存疑", sensor_fault: "传感器故障", misplaced: "错放商品", predicted_out: "即将缺货", loss_suspected: "疑似失窃", shrink_suspected: "疑似损耗" },
       state: { raised: "待处理", acknowledged: "已确认", resolved: "已解决" },
       level: { ok: "正常", low: "低库存", out: "缺货", over: "超储", unknown: "未知" },
       countVsSafety: "现有 {count} · 安全库存 {safety}",
@@ -86,7 +86,7 @@
       "stock.level": "Level",
       "stock.none": "No stock data yet",
       "stock.uncertain": "count uncertain",
-      kind: { low: "Low stock", out: "Out of stock", over: "Overstock", ambiguous: "Count uncertain", sensor_fault: "Sensor fault" },
+      kind: { low: "Low stock", out: "Out of stock", over: "Overstock", ambiguous: "Count uncertain", sensor_fault: "Sensor fault", misplaced: "Misplaced goods", predicted_out: "Stock-out predicted", loss_suspected: "Suspected loss", shrink_suspected: "Suspected shrink" },
       state: { raised: "Open", acknowledged: "Acknowledged", resolved: "Resolved" },
       level: { ok: "OK", low: "Low", out: "Out", over: "Over", unknown: "Unknown" },
       countVsSafety: "{count} on shelf · safety stock {safety}",
@@ -117,7 +117,7 @@
   };
 
   /* Most urgent first: an empty shelf loses sales now; an overfull one only looks untidy. */
-  var KIND_RANK = { out: 0, low: 1, sensor_fault: 2, ambiguous: 3, over: 4 };
+  var KIND_RANK = { out: 0, loss_suspected: 1, low: 2, predicted_out: 3, sensor_fault: 4, ambiguous: 5, shrink_suspected: 6, misplaced: 7, over: 8 };
   var STORAGE_LANG = "shelfgate.board.lang";
   var STORAGE_STAFF = "shelfgate.board.staff";
   var FADE_MS = 600;
@@ -495,7 +495,8 @@
   }
 
   function acknowledge(id, btn) {
-    var name = staffName();
+    // Logged in (edge/web/auth.js): the gateway records the session's user, so do not ask for a name.
+    var name = (window.shelfgateAuth && window.shelfgateAuth.user()) || staffName();
     var ready = name ? Promise.resolve(name) : askStaffName();
     ready.then(function (by) {
       if (!by) {
