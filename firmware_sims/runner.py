@@ -68,7 +68,8 @@ class SimStore:
 
     Scenario choice: `script=[ScriptStep(...)]` runs a `ScriptedScenario`; otherwise a `StoreScenario` with
     the shopper/restock options. `run_scenario=False` serves the shelves but leaves them alone (tests then
-    call `sim.pick(bin_id, n)` / `sim.scenario.advance(sim.now())` themselves).
+    call `sim.pick(bin_id, n)` / `sim.scenario.advance(sim.now())` themselves). `lane_checkouts=False` keeps the
+    device scenario off the lanes (the demo's cashier works them: shelfgate/demo_cashier.py).
     """
 
     def __init__(
@@ -86,6 +87,7 @@ class SimStore:
         rfid_round_s: float = 0.1,
         checkout_every_s: float = 20.0,
         tag_walk_every_s: float = 25.0,
+        lane_checkouts: bool = True,
     ) -> None:
         if ble_interval_s <= 0 or rfid_round_s <= 0:
             raise ValueError("ble_interval_s and rfid_round_s must be positive")
@@ -116,6 +118,7 @@ class SimStore:
             seed=derive_seed(self.seed, "device-scenario"),
             checkout_every_s=checkout_every_s,
             tag_walk_every_s=tag_walk_every_s,
+            lane_checkouts=lane_checkouts,
         )
         self.run_scenario = run_scenario
         self.device_endpoints: dict[str, str] = {}

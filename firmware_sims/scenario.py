@@ -286,6 +286,7 @@ class DeviceScenario:
     - Every ~`tag_walk_every_s` a tag leaves a shelf reader's field for an exit reader's field, stays there for
       `exit_dwell_s`, and is brought back to its shelf `return_after_s` later (so the demo goes on for ever).
 
+    `lane_checkouts=False` leaves the lanes (and their scales) alone, for a driver that rings up real sales.
     `advance(t)` returns the actions due; `log` keeps them all. Reproducible for a seed.
     """
 
@@ -301,6 +302,7 @@ class DeviceScenario:
         return_after_s: float = 10.0,
         member_share: float = 0.4,
         start_s: float = 0.0,
+        lane_checkouts: bool = True,
     ) -> None:
         if min(checkout_every_s, handheld_every_s, tag_walk_every_s) <= 0:
             raise ValueError("event intervals must be positive")
@@ -323,6 +325,8 @@ class DeviceScenario:
         self._seq = 0
         if self._products:
             for sc in layout.scanners:
+                if sc.role == "lane" and not lane_checkouts:
+                    continue  # someone else works the lane (the demo's cashier, shelfgate/demo_cashier.py)
                 every = checkout_every_s if sc.role == "lane" else handheld_every_s
                 self._push(start_s + self._rng.expovariate(1.0 / every), ("episode", sc.device_id))
         if self._shelf_readers and self._exit_readers:

@@ -5,8 +5,10 @@ installed, else amqtt embedded), the simulated devices of the demo store (transm
 pty null modem and one Modbus TCP bus; a scale, scanners and RFID modules each on a pty; BLE shelf sensors on
 an in-memory radio the gateway hears through a fake bleak backend; a synthetic shelf camera per `synthetic:`
 camera, handed to the gateway through its `camera_sources` seam, whose camera-only facings run empty and are
-restocked now and then), the gateway with its staff board, and a hub. It prints one `name: URL` line per thing it serves (`sim-{device}: …` per simulator), then runs until
-Ctrl-C or `--duration`, and stops everything it started.
+restocked now and then), the gateway with its staff board, a hub, and a simulated cashier per checkout lane
+(`shelfgate.demo_cashier`: rings up the shoppers' picks on the lane scanner and scale simulators and completes
+each sale through the local API, so sales reach the hub). It prints one `name: URL` line per thing it serves
+(`sim-{device}: …` per simulator), then runs until Ctrl-C or `--duration`, and stops everything it started.
 
 Keyed BLE sensors get a fresh random AES key per run, written to `<data-dir>/ble-keys.yaml` with mode 0600 —
 the same secrets-file path a real gateway reads (`ble.keys_file`); the simulated sensors encrypt with it.
@@ -45,6 +47,7 @@ from firmware_sims.layout import (
     sgtin_tags,
 )
 from firmware_sims.runner import ShelfCameraSim, SimStore
+from shelfgate.demo_cashier import demo_cashiers
 
 _log = logging.getLogger("shelfgate.demo")
 
@@ -319,7 +322,8 @@ async def demo_main(
             sim_kwargs["shopper_rate_per_min"] = shopper_rate
         ble_keys = demo_ble_keys(cfg)
         keys_file = write_keys_file(data_dir / "ble-keys.yaml", ble_keys) if ble_keys else None
-        async with SimStore(layout, ble_keys=ble_keys, **sim_kwargs) as sim:
+        # The lane is the demo cashier's (shelfgate/demo_cashier.py), not the device scenario's random scans.
+        async with SimStore(layout, ble_keys=ble_keys, lane_checkouts=False, **sim_kwargs) as sim:
             gw_cfg = point_config_at(
                 cfg,
                 dict(sim.endpoints),
@@ -362,6 +366,16 @@ async def demo_main(
                     for cam_id, cam in cameras.items()
                 ]
                 await asyncio.wait_for(asyncio.gather(gw_ready.wait(), hub_ready.wait()), 30)
+                story_tasks += [
+                    tg.create_task(cashier.run(), name=f"demo.cashier[{cashier.lane}]")
+                    for cashier in demo_cashiers(
+                        sim,
+                        cfg.catalogue,
+                        f"http://127.0.0.1:{gateway.api_port}",
+                        bin_skus={b.id: b.sku for b in cfg.store.bins},
+                        seed=seed,
+                    )
+                ]
                 urls = {
                     "gateway": f"http://127.0.0.1:{gateway.api_port}/board",
                     "gateway-api": f"http://127.0.0.1:{gateway.api_port}/docs",

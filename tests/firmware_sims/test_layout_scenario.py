@@ -222,3 +222,12 @@ def test_device_scenario_checkouts_weighings_and_tag_walks_are_reproducible() ->
         assert through_exit[:2] == ["tag_in", "tag_out"]
     assert all(a.t <= 600.0 for a in log)
     assert [a.t for a in log] == sorted(a.t for a in log)
+
+
+def test_device_scenario_leaves_the_lanes_to_a_cashier_when_asked() -> None:
+    """`lane_checkouts=False` (the demo's cashier works the lane): no lane scan, no scale load; the rest runs."""
+    scenario = DeviceScenario(demo_layout(2), checkout_every_s=15.0, lane_checkouts=False)
+    scenario.advance(600.0)
+    assert not [a for a in scenario.log if a.device_id in {"scan-lane1", "scale-lane1"}]
+    assert any(a.device_id == "scan-handheld1" for a in scenario.log)
+    assert any(a.action == "tag_out" for a in scenario.log)
