@@ -20,8 +20,10 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict
 
 from hub.config import HubConfig
+from hub.config_rollout import ConfigRollouts, config_rollout_router
 from hub.db import HubDB
 from hub.fleet import FleetMonitor, ListeningSince, fleet_entry, fleet_router
+from hub.http_limits import install_http_limits
 from hub.ingest import Ingest
 from hub.metrics import install_api_metrics, metrics_router
 from hub.models import AlertItem, FleetEntry, QuarantineItem, StockItem
@@ -53,10 +55,12 @@ def create_app(
     ingest: Ingest | None = None,
     clock: Callable[[], float] = time.time,
     fleet: FleetMonitor | None = None,
+    rollouts: ConfigRollouts | None = None,
 ) -> FastAPI:
     """Build the app over an open `HubDB`; the caller owns the DB and the ingest worker (no lifespan here).
     `fleet` is the worker's monitor (the service runs its evaluator); without one the app makes its own."""
     app = FastAPI(title=f"shelfgate hub {config.hub_id}", version="1")
+    install_http_limits(app)  # body cap (413) and documented 4xx answers: docs/security.md
     if fleet is None:
         fleet = FleetMonitor(
             db,
@@ -86,6 +90,11 @@ def create_app(
         return await monitor.fleet()
 
     app.include_router(fleet_router(monitor))
+    # Config rollouts (hub.config_rollout). `rollouts` is the worker's (the service runs its sweep); without one
+    # the app makes its own, which publishes on create only.
+    if rollouts is None:
+        rollouts = ConfigRollouts(db, None if ingest is None else ingest.publish_command, clock=clock)
+    app.include_router(config_rollout_router(rollouts))
 
     @app.get("/api/stores/{store_id}/stock")
     async def stock(store_id: str) -> list[StockItem]:

@@ -63,6 +63,7 @@ from cloud_bridge.contract import (
     ALL_STORES_EVENTS,
     ALL_STORES_HEALTH,
     ALL_STORES_STATUS,
+    Command,
     command_topic,
 )
 from cloud_bridge.resend import RESEND_COMMAND
@@ -330,6 +331,21 @@ class Ingest:
             timeout=PUBLISH_TIMEOUT_S,
         )
         reraise_swallowed_cancel()
+
+    async def publish_command(self, store_id: str, name: str, command: Command) -> bool:
+        """Publish `cmd/{name}` to a store (QoS 1, never retained) on this worker's connection; False when not
+        connected (the caller retries later). Used by `hub.config_rollout`."""
+        client = self._client
+        if client is None:
+            return False
+        await client.publish(
+            command_topic(store_id, name),
+            command.model_dump_json().encode(),
+            qos=1,
+            timeout=PUBLISH_TIMEOUT_S,
+        )
+        reraise_swallowed_cancel()
+        return True
 
     async def handle(self, topic: str, payload: bytes) -> None:
         """Parse and apply one message; refused ones go to quarantine. Database errors propagate."""

@@ -1,5 +1,7 @@
-"""The hub process root (STYLE.md rule 13): one event loop, one TaskGroup with the ingest worker, the API and
-the fleet evaluator (`hub.fleet`: HQ alerts every `fleet.evaluate_every_s`).
+"""The hub process root (STYLE.md rule 13): one event loop, one TaskGroup with the ingest worker, the API,
+the fleet evaluator (`hub.fleet`: HQ alerts every `fleet.evaluate_every_s`), the config rollout sweep
+(`hub.config_rollout`) and the systemd watchdog (`cloud_bridge.systemd`: READY=1 when serving, WATCHDOG=1 while
+the loop and the database answer).
 
 One process is one worker; run several (each with its own `hub_id`, the same `ingest.share_group` and the
 same `database`) to scale out — see `hub.ingest` and docs/hub-storage.md.
@@ -27,9 +29,11 @@ from pathlib import Path
 import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
 
+from cloud_bridge.systemd import Liveness, SdNotifier, Watchdog
 from hub.api import create_app
 from hub.config import HubConfig, HubConfigError, load_hub_config, redacted
-from hub.db import HubDB, HubDBError
+from hub.config_rollout import ConfigRollouts
+from hub.db import HubDB, HubDBError, Tx
 from hub.fleet import FleetMonitor, ListeningSince
 from hub.ingest import Ingest
 
@@ -96,11 +100,23 @@ async def run_hub(
         host, port = sock.getsockname()[:2]
         ingest = Ingest(config, db)
         fleet = FleetMonitor(db, config, listening_since=ListeningSince(lambda: ingest.connected))
+        rollouts = ConfigRollouts(db, ingest.publish_command)
         try:
             await fleet.ensure_schema()
+            await rollouts.ensure_schema()
         except (HubDBError, SQLAlchemyError) as exc:
             raise HubStartError(f"cannot prepare the fleet tables: {exc}") from exc
-        app = create_app(db, config, ingest=ingest, fleet=fleet)
+        app = create_app(db, config, ingest=ingest, fleet=fleet, rollouts=rollouts)
+        # systemd (Type=notify, systemd/shelfgate-hub.service): READY=1 once the API listens, WATCHDOG=1 only while
+        # the loop runs and the database thread answers — like the gateway (cloud_bridge/systemd.py). No-ops when
+        # not started by systemd. A lost broker is not a reason to restart: ingest reconnects by itself.
+        notifier = SdNotifier()
+
+        async def database_answers() -> object:
+            return await db.run(_select_one, write=False)
+
+        watchdog = Watchdog(notifier, Liveness(), probes={"database": database_answers})
+        stack.callback(notifier.stopping)
         server = _EmbeddedServer(
             uvicorn.Config(app, host=host, port=port, lifespan="off", log_config=None, access_log=False)
         )
@@ -108,6 +124,8 @@ async def run_hub(
             tasks.create_task(ingest.run(), name=f"hub[{config.hub_id}].ingest")
             tasks.create_task(_serve_api(server, sock), name=f"hub[{config.hub_id}].api")
             tasks.create_task(fleet.run(), name=f"hub[{config.hub_id}].fleet")
+            tasks.create_task(rollouts.run(), name=f"hub[{config.hub_id}].config_rollouts")
+            tasks.create_task(watchdog.run(), name=f"hub[{config.hub_id}].watchdog")
             url_host = f"[{host}]" if ":" in host else host
             log.info(
                 "hub %s serving http://%s:%d (database %s, broker %s:%d, shared group %s)",
@@ -123,6 +141,12 @@ async def run_hub(
                 api_port_out.append(port)
             if ready is not None:
                 ready.set()
+            notifier.ready(f"hub {config.hub_id} serving http://{url_host}:{port}")
+
+
+def _select_one(tx: Tx) -> object:
+    """The watchdog's database probe: one round trip through the DB thread."""
+    return tx.run("SELECT 1").scalar()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

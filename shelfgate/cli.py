@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edge import __version__
 from edge.logs import setup_logging
+from shelfgate import taskdump
 from shelfgate.exits import EXIT_BAD_INPUT, EXIT_OK
 
 _log = logging.getLogger("shelfgate")
@@ -44,7 +45,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from edge.config import ConfigError, load_config
-    from edge.gateway import Gateway
+    from edge.remote_config import run_gateway
 
     try:
         cfg = load_config(args.config)
@@ -59,7 +60,9 @@ def _run(args: argparse.Namespace) -> int:
         assert main_task is not None  # noqa: S101 — always inside asyncio.run
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
-            await Gateway(cfg).run()
+            # Not a bare Gateway(cfg).run(): the runner restarts the gateway in-process on a config pushed by HQ
+            # (`cmd/config`) and rolls back one that does not come up (edge/remote_config.py).
+            await run_gateway(cfg)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve())
@@ -141,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_calibrate(sub)
 
+    from shelfgate.users import add_parser as add_users
+
+    add_users(sub)
+
     d = sub.add_parser("demo", help="broker + simulated store + gateway + hub, all on this machine")
     d.add_argument("--config", type=Path, default=None, help="store config (default: config/demo-store.yaml)")
     d.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
@@ -159,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point."""
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
+    taskdump.install()  # kill -USR1 PID: every unfinished asyncio task with its stack, for a hang report
     code: int = args.func(args)
     return code
 

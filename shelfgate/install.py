@@ -161,6 +161,10 @@ def plan_install(
             ["systemctl", "enable", "--now", *ENABLE],
             ["udevadm", "control", "--reload-rules"],
             ["udevadm", "trigger", "--subsystem-match=tty"],
+            # Remote configuration writes store.yaml(.previous) here as the service user (a temp file and a
+            # rename need the directory); the files stay root-owned until a push replaces them.
+            ["chgrp", user, str(root / "etc/shelfgate")],
+            ["chmod", "2770", str(root / "etc/shelfgate")],
         ]
     return plan
 

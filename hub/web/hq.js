@@ -11,6 +11,9 @@
  * Views: `#/` is the fleet, `#/stores/{store_id}` one store. Lists are reconciled by key (store id, alert id,
  * bin id, device id), so a poll never replaces the element that holds the keyboard focus.
  *
+ * Config rollouts: the panel lists the newest rollouts (redrawn each poll) under a "new rollout" form that is
+ * never redrawn: it posts to /api/config-rollouts and prefills from GET /api/stores/{id}/config.
+ *
  * Panels for services that may not be deployed yet stay hidden until the hub offers them: sales while
  * GET /api/stores/{id}/sales/daily does not answer 200, members while /openapi.json has no
  * /api/members/{member_id}.
@@ -97,7 +100,7 @@
       level: { ok: "正常", low: "低库存", out: "缺货", over: "超储", unknown: "未知" },
       "stockAlerts.title": "门店告警",
       "stockAlerts.none": "暂无未解决的门店告警",
-      kind: { low: "低库存", out: "缺货", over: "超储", ambiguous: "计数存疑", sensor_fault: "传感器故障" },
+      kind: { low: "低库存", out: "缺货", over: "超储", ambiguous: "计数存疑", sensor_fault: "传感器故障", misplaced: "错放商品", predicted_out: "即将缺货", loss_suspected: "疑似失窃", shrink_suspected: "疑似损耗" },
       alertState: { raised: "待处理", acknowledged: "已确认", resolved: "已解决" },
       stockAlertLine: "货位 {bin} · 数量 {count}",
       ackedBy: "{name} 已确认",
@@ -176,6 +179,34 @@
       checkBad: "超差（误差 {err} g）",
       forced: "强制应用",
       testState: { waiting: "等待取货", passed: "通过", failed: "未通过" },
+      "ro.title": "配置下发",
+      "ro.none": "还没有配置下发",
+      "ro.caption": "每家门店对这次配置下发的结果",
+      "ro.progress": "{done} / {total} 已完成",
+      "ro.store": "门店",
+      "ro.state": "结果",
+      "ro.sent": "发送次数",
+      "ro.detail": "详情",
+      "ro.version": "配置版本 {v}",
+      "ro.catVersion": "目录版本 {v}",
+      "ro.watching": "观察设备错误率中",
+      "ro.new": "新建配置下发",
+      "ro.stores": "门店",
+      "ro.allStores": "全部门店",
+      "ro.someStores": "选定的门店",
+      "ro.config": "门店配置（YAML）",
+      "ro.catalogue": "商品目录（YAML 或 CSV）",
+      "ro.note": "备注",
+      "ro.submit": "下发",
+      "ro.pickStore": "先选择门店",
+      "ro.loaded": "已载入上次下发的内容（{when}）",
+      "ro.template": "已载入 {store} 上次下发的内容；store_id 换成了 {{store_id}}，每家门店各自替换",
+      "ro.noConfig": "这家门店还没有下发过配置：请粘贴门店当前的配置文件（store.yaml），或留空只下发目录",
+      "ro.noCatalogue": "这家门店还没有下发过商品目录：请粘贴门店当前的目录文件（catalogue.yaml），或留空只下发配置",
+      "ro.needStores": "请至少选择一家门店",
+      "ro.needContent": "请填写门店配置或商品目录",
+      "ro.failed": "下发失败：{detail}",
+      roState: { pending: "进行中", applied: "已生效", rejected: "已拒绝", rolled_back: "已回滚", timed_out: "超时" },
       sep: " · "
     },
     en: {
@@ -254,7 +285,7 @@
       level: { ok: "OK", low: "Low", out: "Out", over: "Over", unknown: "Unknown" },
       "stockAlerts.title": "Store alerts",
       "stockAlerts.none": "No open store alerts",
-      kind: { low: "Low stock", out: "Out of stock", over: "Overstock", ambiguous: "Count uncertain", sensor_fault: "Sensor fault" },
+      kind: { low: "Low stock", out: "Out of stock", over: "Overstock", ambiguous: "Count uncertain", sensor_fault: "Sensor fault", misplaced: "Misplaced goods", predicted_out: "Stock-out predicted", loss_suspected: "Suspected loss", shrink_suspected: "Suspected shrink" },
       alertState: { raised: "Open", acknowledged: "Acknowledged", resolved: "Resolved" },
       stockAlertLine: "bin {bin} · count {count}",
       ackedBy: "acknowledged by {name}",
@@ -333,12 +364,46 @@
       checkBad: "out of tolerance (error {err} g)",
       forced: "forced",
       testState: { waiting: "waiting for a pick", passed: "passed", failed: "failed" },
+      "ro.title": "Config rollouts",
+      "ro.none": "No config rollouts yet",
+      "ro.caption": "Each store's outcome of this config rollout",
+      "ro.progress": "{done} / {total} settled",
+      "ro.store": "Store",
+      "ro.state": "Outcome",
+      "ro.sent": "Sent",
+      "ro.detail": "Detail",
+      "ro.version": "config version {v}",
+      "ro.catVersion": "catalogue version {v}",
+      "ro.watching": "watching the device error rate",
+      "ro.new": "New rollout",
+      "ro.stores": "Stores",
+      "ro.allStores": "All stores",
+      "ro.someStores": "Selected stores",
+      "ro.config": "Store config (YAML)",
+      "ro.catalogue": "Product catalogue (YAML or CSV)",
+      "ro.note": "Note",
+      "ro.submit": "Push",
+      "ro.pickStore": "Choose the stores first",
+      "ro.loaded": "Loaded what was last pushed ({when})",
+      "ro.template": "Loaded what was last pushed to {store}; its store_id became {{store_id}}, replaced per store",
+      "ro.noConfig": "Nothing pushed to this store yet: paste the store's current config file (store.yaml), or leave it empty to push only a catalogue",
+      "ro.noCatalogue": "No catalogue pushed to this store yet: paste its current catalogue file (catalogue.yaml), or leave it empty to push only the config",
+      "ro.needStores": "Choose at least one store",
+      "ro.needContent": "Fill in the store config or the catalogue",
+      "ro.failed": "Push failed: {detail}",
+      roState: {
+        pending: "in progress",
+        applied: "applied",
+        rejected: "rejected",
+        rolled_back: "rolled back",
+        timed_out: "timed out"
+      },
       sep: " · "
     }
   };
 
   var STATE_RANK = { offline: 0, stale: 1, online: 2 };
-  var KIND_RANK = { out: 0, low: 1, sensor_fault: 2, ambiguous: 3, over: 4 };
+  var KIND_RANK = { out: 0, loss_suspected: 1, low: 2, predicted_out: 3, sensor_fault: 4, ambiguous: 5, shrink_suspected: 6, misplaced: 7, over: 8 };
   var STORAGE_LANG = "shelfgate.hq.lang";
   var STORAGE_FILTERS = "shelfgate.hq.filters";
   var POLL_MS = pollInterval();
@@ -358,6 +423,7 @@
     timer: null,
     gen: 0,
     health: null,
+    rollouts: null,
     fleet: null, // last /api/fleet
     hqAlerts: null,
     detail: null, // last /api/stores/{id}
@@ -1214,9 +1280,298 @@
     if (fleetView) {
       renderFleet();
       renderHqAlerts();
+      renderRollouts();
     } else {
       renderStore();
     }
+  }
+
+  /* Config rollouts (hub.config_rollout): the newest first, each with its per-store outcome. Hidden while the
+     hub does not serve /api/config-rollouts (optionalJSON gives null). */
+  function renderRollouts() {
+    var panel = $("rollouts-panel");
+    var list = state.rollouts;
+    panel.hidden = list === null || list === undefined;
+    if (panel.hidden) {
+      return;
+    }
+    $("rollouts-none").hidden = list.length > 0;
+    var items = list.map(function (r) {
+      var total = r.targets.length;
+      var li = el("li", "rollout");
+      li.setAttribute("data-rollout", r.rollout_id);
+      var head = el("p", "rollout-head");
+      head.appendChild(el("span", "rollout-id", r.rollout_id));
+      head.appendChild(el("span", "rollout-when", absolute(r.created_at)));
+      if (r.note) {
+        head.appendChild(el("span", "rollout-note", r.note));
+      }
+      var prog = el("span", "rollout-progress", t("ro.progress", { done: total - r.counts.pending, total: total }));
+      prog.setAttribute("data-done", r.done ? "true" : "false");
+      head.appendChild(prog);
+      li.appendChild(head);
+      var table = el("table", "grid rollout-targets");
+      table.appendChild(el("caption", "visually-hidden", t("ro.caption")));
+      var hr = el("tr");
+      ["ro.store", "ro.state", "ro.sent", "ro.detail"].forEach(function (k) {
+        var th = el("th", k === "ro.sent" ? "num" : "", t(k));
+        th.scope = "col";
+        hr.appendChild(th);
+      });
+      var thead = el("thead");
+      thead.appendChild(hr);
+      table.appendChild(thead);
+      var body = el("tbody");
+      r.targets.forEach(function (tg) {
+        var tr = el("tr");
+        tr.setAttribute("data-store", tg.store_id);
+        tr.appendChild(el("td", "", tg.store_id));
+        var st = el("td");
+        st.appendChild(el("span", "ro-state ro-" + tg.state, label("roState", tg.state)));
+        tr.appendChild(st);
+        tr.appendChild(el("td", "num", num(tg.sent_count)));
+        var detail = tg.errors && tg.errors.length ? tg.errors.join("\n") : tg.error;
+        if (!detail && tg.config_version) {
+          var parts = [];
+          if (!tg.pushed || tg.pushed.indexOf("config") >= 0 || !tg.catalogue_version) {
+            parts.push(t("ro.version", { v: tg.config_version }));
+          }
+          if (tg.catalogue_version && tg.pushed && tg.pushed.indexOf("catalogue") >= 0) {
+            parts.push(t("ro.catVersion", { v: tg.catalogue_version }));
+          }
+          if (tg.state === "applied" && tg.watch === "watching") {
+            parts.push(t("ro.watching"));
+          }
+          detail = parts.join(t("sep"));
+        }
+        tr.appendChild(el("td", "ro-detail", detail || "—"));
+        body.appendChild(tr);
+      });
+      table.appendChild(body);
+      li.appendChild(table);
+      return li;
+    });
+    $("rollouts").replaceChildren.apply($("rollouts"), items);
+    renderStoreChoices();
+    redrawHints();
+  }
+
+  /* --- the new-rollout form (POST /api/config-rollouts) ------------------------------------------------
+     Never rebuilt by a poll: store checkboxes are only added for stores not listed yet, and the textareas are
+     prefilled from GET /api/stores/{id}/config only while the user has not typed in them. */
+  var roForm = { dirty: { config: false, catalogue: false }, loadedFor: null, hints: {} };
+
+  function renderStoreChoices() {
+    var box = $("ro-store-list");
+    var have = {};
+    box.querySelectorAll("input[type=checkbox]").forEach(function (cb) {
+      have[cb.value] = true;
+    });
+    (state.fleet || []).forEach(function (entry) {
+      if (have[entry.store_id]) {
+        return;
+      }
+      var lab = el("label", "ro-store");
+      var cb = document.createElement("input");
+      cb.type = "checkbox";
+      cb.value = entry.store_id;
+      cb.name = "ro-store";
+      cb.addEventListener("change", onStoresChanged);
+      lab.appendChild(cb);
+      lab.appendChild(document.createTextNode(" " + entry.store_id));
+      box.appendChild(lab);
+    });
+  }
+
+  function chosenStores() {
+    if ($("ro-scope-all").checked) {
+      return (state.fleet || []).map(function (e) {
+        return e.store_id;
+      });
+    }
+    var out = [];
+    $("ro-store-list")
+      .querySelectorAll("input[type=checkbox]")
+      .forEach(function (cb) {
+        if (cb.checked) {
+          out.push(cb.value);
+        }
+      });
+    return out;
+  }
+
+  /* Hints with values are kept by key and values, so a language switch (renderAll → renderRollouts) redraws
+     them; plain ones use data-i18n like the page's static text. */
+  function setHint(id, key, vars) {
+    var p = $(id);
+    if (vars) {
+      p.removeAttribute("data-i18n");
+      roForm.hints[id] = { key: key, vars: vars };
+      p.textContent = t(key, vars);
+    } else {
+      delete roForm.hints[id];
+      p.setAttribute("data-i18n", key);
+      p.textContent = t(key);
+    }
+  }
+
+  function redrawHints() {
+    Object.keys(roForm.hints).forEach(function (id) {
+      $(id).textContent = t(roForm.hints[id].key, roForm.hints[id].vars);
+    });
+  }
+
+  function onStoresChanged() {
+    $("ro-form-error").hidden = true;
+    $("ro-store-list").hidden = $("ro-scope-all").checked;
+    var stores = chosenStores();
+    if (!stores.length) {
+      roForm.loadedFor = null;
+      setHint("ro-config-hint", "ro.pickStore");
+      setHint("ro-catalogue-hint", "ro.pickStore");
+      return;
+    }
+    var first = stores[0];
+    var key = stores.join(",");
+    roForm.loadedFor = key;
+    getJSON("/api/stores/" + encodeURIComponent(first) + "/config").then(
+      function (last) {
+        if (roForm.loadedFor !== key) {
+          return; // the choice changed meanwhile
+        }
+        var several = stores.length > 1;
+        fillFrom(last.config, "config", "ro-config", "ro-config-hint", "ro.noConfig", several ? first : null);
+        fillFrom(last.catalogue, "catalogue", "ro-catalogue", "ro-catalogue-hint", "ro.noCatalogue", null);
+      },
+      function () {
+        setHint("ro-config-hint", "ro.noConfig");
+        setHint("ro-catalogue-hint", "ro.noCatalogue");
+      }
+    );
+  }
+
+  function fillFrom(file, which, areaId, hintId, emptyKey, templateOf) {
+    if (!file) {
+      if (!roForm.dirty[which]) {
+        $(areaId).value = "";
+      }
+      setHint(hintId, emptyKey);
+      return;
+    }
+    if (!roForm.dirty[which]) {
+      var text = file.text;
+      if (templateOf) {
+        text = text.replace(new RegExp("^store_id:\\s*['\"]?" + escapeRe(templateOf) + "['\"]?\\s*$", "m"), "store_id: {{store_id}}");
+      }
+      $(areaId).value = text;
+    }
+    if (templateOf) {
+      setHint(hintId, "ro.template", { store: templateOf });
+    } else {
+      setHint(hintId, "ro.loaded", { when: absolute(file.pushed_at) });
+    }
+  }
+
+  function escapeRe(s) {
+    return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  }
+
+  /* A catalogue pasted from an HQ CSV export: a first line of comma-separated column names, no YAML colon. */
+  function catalogueFormat(text) {
+    var first = text.split("\n", 1)[0];
+    return first.indexOf(",") >= 0 && first.indexOf(":") < 0 ? "csv" : "yaml";
+  }
+
+  function problemText(body, status) {
+    if (body && typeof body.detail === "string") {
+      return body.detail;
+    }
+    if (body && Array.isArray(body.detail)) {
+      return body.detail
+        .map(function (d) {
+          var where = (d.loc || []).filter(function (x) {
+            return x !== "body";
+          });
+          return (where.length ? where.join(".") + ": " : "") + d.msg;
+        })
+        .join("; ");
+    }
+    return "HTTP " + status;
+  }
+
+  function submitRollout(ev) {
+    ev.preventDefault();
+    var err = $("ro-form-error");
+    err.hidden = true;
+    var stores = chosenStores();
+    var config = $("ro-config").value;
+    var catalogue = $("ro-catalogue").value;
+    if (!stores.length) {
+      err.textContent = t("ro.needStores");
+      err.hidden = false;
+      return;
+    }
+    if (!config.trim() && !catalogue.trim()) {
+      err.textContent = t("ro.needContent");
+      err.hidden = false;
+      return;
+    }
+    var body = { stores: $("ro-scope-all").checked ? "all" : stores, note: $("ro-note").value.trim() };
+    if (config.trim()) {
+      body.config_yaml = config;
+    }
+    if (catalogue.trim()) {
+      body.catalogue_text = catalogue;
+      body.catalogue_format = catalogueFormat(catalogue);
+    }
+    $("ro-submit").disabled = true;
+    fetch("/api/config-rollouts", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify(body)
+    })
+      .then(function (resp) {
+        return resp.json().then(
+          function (json) {
+            return { resp: resp, json: json };
+          },
+          function () {
+            return { resp: resp, json: null };
+          }
+        );
+      })
+      .then(function (r) {
+        if (r.resp.status !== 201) {
+          throw new Error(problemText(r.json, r.resp.status));
+        }
+        var others = (state.rollouts || []).filter(function (x) {
+          return x.rollout_id !== r.json.rollout_id;
+        });
+        state.rollouts = [r.json].concat(others);
+        roForm.dirty.config = false;
+        roForm.dirty.catalogue = false;
+        $("ro-note").value = "";
+        renderRollouts();
+      })
+      .catch(function (e) {
+        err.textContent = t("ro.failed", { detail: e && e.message ? e.message : String(e) });
+        err.hidden = false;
+      })
+      .finally(function () {
+        $("ro-submit").disabled = false;
+      });
+  }
+
+  function startRolloutForm() {
+    $("ro-form").addEventListener("submit", submitRollout);
+    $("ro-scope-all").addEventListener("change", onStoresChanged);
+    $("ro-scope-list").addEventListener("change", onStoresChanged);
+    $("ro-config").addEventListener("input", function () {
+      roForm.dirty.config = true;
+    });
+    $("ro-catalogue").addEventListener("input", function () {
+      roForm.dirty.catalogue = true;
+    });
   }
 
   // --- data ------------------------------------------------------------------------------------------
@@ -1265,10 +1620,16 @@
 
   function fetchFleet() {
     var hq = "/api/hq-alerts?limit=200" + (state.showResolved ? "" : "&active=true");
-    return Promise.all([getJSON("/api/fleet"), getJSON(hq), getJSON("/api/health")]).then(function (res) {
+    return Promise.all([
+      getJSON("/api/fleet"),
+      getJSON(hq),
+      getJSON("/api/health"),
+      optionalJSON("/api/config-rollouts?limit=10")
+    ]).then(function (res) {
       state.fleet = res[0];
       state.hqAlerts = res[1];
       state.health = res[2];
+      state.rollouts = res[3];
     });
   }
 
@@ -1473,6 +1834,7 @@
       setLang(state.lang === "zh" ? "en" : "zh");
     });
     $("member-form").addEventListener("submit", lookupMember);
+    startRolloutForm();
     window.addEventListener("hashchange", onRoute);
     document.addEventListener("visibilitychange", function () {
       if (document.visibilityState === "visible") {

@@ -56,7 +56,7 @@ def test_install_into_a_root_writes_verified_units_pointing_at_this_shelfgate(
     assert svc["User"] == "shelfgate"
     assert svc["SupplementaryGroups"] == "dialout"
     assert svc["ProtectSystem"] == "strict"
-    assert svc["ReadWritePaths"] == "/var/lib/shelfgate"
+    assert svc["ReadWritePaths"] == "/var/lib/shelfgate /etc/shelfgate"  # state + remote configuration
     assert svc["NoNewPrivileges"] == "true"
     assert svc["ExecStart"].startswith(str(installed_exec()) + " ")
     assert "/opt/shelfgate" not in (system / "shelfgate.service").read_text(encoding="utf-8")
@@ -118,6 +118,7 @@ def test_dry_run_writes_nothing_and_lists_the_system_steps(tmp_path: Path) -> No
     steps = plan.describe()
     assert "run systemctl enable --now shelfgate.service shelfgate-backup.timer" in steps
     assert any(s.startswith("run useradd --system") and "dialout" in s for s in steps)
+    assert "run chmod 2770 /etc/shelfgate" in steps  # remote configuration rewrites store.yaml there
     before = sorted(p.name for p in tmp_path.iterdir())
     assert main(["install-service", "--root", str(tmp_path / "r"), "--config", str(cfg), "--dry-run"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == before
