@@ -157,7 +157,8 @@ def build_batch(*, store_id: str, gateway_id: str, rows: Sequence[OutboxRow]) ->
     """The longest prefix of `rows` that is contiguous in seq and valid, as one `EventBatch`.
 
     The envelope promises events first_seq..last_seq with nothing in between, so a hole in the outbox (rows
-    dropped by a disk quota) ends the batch; the next batch starts after the hole and the hub sees the gap.
+    lost at the gateway; the disk quotas never make one) ends the batch; the next batch starts after the hole
+    and the hub sees the gap.
     Raises `InvalidRowError` when the very first row is invalid, ValueError when `rows` is empty.
     """
     if not rows:
