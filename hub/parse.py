@@ -17,6 +17,7 @@ event type added to the contract is accepted here without a change; what the hub
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -102,13 +103,39 @@ def _loc(loc: tuple[int | str, ...]) -> str:
 
 def _validate(model: type[M], payload: bytes, what: str) -> M:
     try:
-        return model.model_validate_json(payload)
+        parsed = model.model_validate_json(payload)
     except ValidationError as exc:
         first = exc.errors()[0]
         if first["type"] == "json_invalid":
             raise PayloadRejected("bad-json", f"{what}: {first['msg']}") from exc
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise PayloadRejected("schema", f"{what}: {_loc(tuple(first['loc']))}: {first['msg']}{more}") from exc
+    _check_numbers(parsed.model_dump(), what)
+    return parsed
+
+
+_INT64: Final = range(-(2**63), 2**63)
+"""What a SQLite INTEGER or a PostgreSQL BIGINT holds."""
+
+
+def _check_numbers(doc: object, what: str) -> None:
+    """Refuse numbers the database cannot store, so they are quarantined instead of failing the apply.
+
+    pydantic's JSON parser takes NaN and ±Infinity (not JSON, RFC 8259 §6) into any float, and any integer
+    into an `int` field; SQLite stores NaN as NULL (a NOT NULL failure) and raises OverflowError past 64 bits.
+    Either used to end ingest on that message and, as it is never acknowledged, again on every redelivery.
+    Iterative: nesting is already bounded by the parser."""
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            raise PayloadRejected("schema", f"{what}: a number is NaN or infinite, which JSON does not allow")
+        if isinstance(node, int) and node not in _INT64:
+            raise PayloadRejected("schema", f"{what}: an integer does not fit in 64 bits")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
 
 
 def check_timestamp(value: str, where: str) -> datetime:
