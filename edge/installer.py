@@ -55,6 +55,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from cloud_bridge.contract import Commissioning, rfc3339
 from drivers.modbus.models import Sample
+from edge.audit import audit_installer
 from edge.calibration import (
     DEFAULT_TOLERANCE_G,
     DEFAULT_TOLERANCE_PCT,
@@ -396,6 +397,7 @@ class InstallerService:
         }
         await run_file_op(update_overlay, self.data_dir, bin_id, calibration=after)
         line = await run_file_op(append_audit, self.data_dir, entry)
+        await audit_installer(self.data_dir, entry)  # the gateway's audit log, with the logged-in user
         await self.gw.apply_bin(b.model_copy(update={"calibration": after}))
         w.mark_applied()
         self.sessions.pop(bin_id, None)
@@ -658,6 +660,7 @@ class InstallerService:
             entry["source"] = body.source
         await run_file_op(update_overlay, self.data_dir, bin_id, binding=binding)
         line = await run_file_op(append_audit, self.data_dir, entry)
+        await audit_installer(self.data_dir, entry)  # the gateway's audit log, with the logged-in user
         await self.gw.apply_bin(new)
         return {
             "bin": self.gw.bin_view(bin_id),
@@ -718,6 +721,7 @@ class InstallerService:
         entry = {"kind": "pick_test", "bin_id": test.bin_id, "installer": test.installer, **test.as_dict()}
         async with self._edit_lock:
             await run_file_op(append_audit, self.data_dir, entry)
+        await audit_installer(self.data_dir, entry)
         await self._write_record(send=True)
 
     def pick_test(self, bin_id: str) -> dict[str, Any]:

@@ -100,7 +100,11 @@ def _describe(exc: BaseException) -> str:
 
 
 def _get_json(opener: urllib.request.OpenerDirector, url: str, timeout_s: float) -> Any:
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310 - scheme checked in validate_url
+    headers = {"Accept": "application/json"}
+    token = os.environ.get("SHELFGATE_API_TOKEN")  # a gateway with `api.users_file` (docs/security.md)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - scheme checked in validate_url
     with opener.open(request, timeout=timeout_s) as response:
         return json.loads(response.read().decode("utf-8"))
 
