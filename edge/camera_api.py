@@ -182,6 +182,7 @@ def camera_router(gateway: Gateway) -> APIRouter:
             "camera_id": camera_id,
             "frame_size": None if size is None else {"width": size[0], "height": size[1]},
             "has_reference": coordinator.has_reference(camera_id),
+            **await asyncio.to_thread(coordinator.reference_info, camera_id),
             "reference_capture": cfg.reference.capture,
             "rois": rois,
         }
@@ -257,6 +258,11 @@ def camera_router(gateway: Gateway) -> APIRouter:
                     "roi_ids": body.roi_ids,
                 },
             )
-        return {"camera_id": camera_id, "has_reference": coordinator.has_reference(camera_id), "audit": line}
+        return {
+            "camera_id": camera_id,
+            "has_reference": coordinator.has_reference(camera_id),
+            **await asyncio.to_thread(coordinator.reference_info, camera_id),
+            "audit": line,
+        }
 
     return router

@@ -6,9 +6,11 @@ Each camera is a supervised task `camera[{id}]` (STYLE.md rule 9: one task per d
 for a camera-only bin the `out`/`low` alert rules), and to the live stream. `CameraMoved` is logged and
 published. The board answers `facing_hint(bin_id)` for weighed bins whose weight change was ambiguous.
 
-Reference: kept in memory only (privacy — nothing is written to disk), so it is captured again after every
-start when `reference.capture` is `on_start` (the first frames, median-combined); with `manual` the camera
-runs with every facing `unknown` until the installer captures it (`capture_reference`).
+Reference: with `reference_dir` (the gateway passes `DATA_DIR/camera-references`) every capture and
+re-capture is saved there and loaded on the next start (`edge.vision.reference_store`; it stays on the
+gateway). Only when none is stored (or it does not check out) is it captured from the first frames after
+start when `reference.capture` is `on_start` (median-combined); with `manual` the camera runs with every
+facing `unknown` until the installer captures it (`capture_reference`).
 
 Sources: `/dev/…`, `rtsp(s)://`, `http(s)://` → `OpenCvSource`; `file:PATH` → `VideoFileSource` (looping);
 `synthetic:NAME` only through `sources=` — the seam the demo and tests use to inject the simulator
@@ -26,6 +28,7 @@ import functools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 import cv2
@@ -41,6 +44,7 @@ from drivers.camera import (
 from edge.config import Bin, Camera, CameraRoi
 from edge.devices.base import DeviceHealthView, Family, Publish, age_s, supervise
 from edge.vision import CameraMonitor, CameraMoved, FacingBoard, FacingStateChanged, NoFrameYet, Roi
+from edge.vision.reference_store import ReferenceStore
 
 _log = logging.getLogger(__name__)
 
@@ -110,8 +114,10 @@ class CameraCoordinator:
         *,
         sources: Mapping[str, FrameSource] | None = None,
         board: FacingBoard | None = None,
+        reference_dir: Path | None = None,
     ) -> None:
         _single_threaded_opencv()
+        self.reference_store = None if reference_dir is None else ReferenceStore(reference_dir)
         self._sink = sink
         self._publish = publish
         self.board = board if board is not None else FacingBoard()
@@ -171,6 +177,7 @@ class CameraCoordinator:
             stream_settings=StreamSettings(max_fps=cfg.analysis_fps),
             board=self.board,
             on_availability=functools.partial(self._availability, st),
+            reference_store=self.reference_store,
         )
         try:
             async with monitor, asyncio.TaskGroup() as tg:
@@ -257,6 +264,10 @@ class CameraCoordinator:
             jpeg_quality=jpeg_quality, overlay=overlay
         )
 
+    def configs(self) -> list[Camera]:
+        """Every camera as it runs now (ROIs with the installer's live edits), in config order."""
+        return [st.cfg for st in self._cameras.values()]
+
     def camera_config(self, camera_id: str) -> Camera:
         """The camera as it runs now (its ROIs include the installer's live edits). KeyError when unknown."""
         return self._cameras[camera_id].cfg
@@ -265,6 +276,17 @@ class CameraCoordinator:
         """(width, height) of the camera's latest frame; None when it is not running or has no frame yet."""
         st = self._cameras.get(camera_id)
         return None if st is None or st.monitor is None else st.monitor.frame_size
+
+    def reference_info(self, camera_id: str) -> dict[str, str | None]:
+        """Where the running camera's reference came from (`stored` / `captured` / None) and when the stored
+        one was taken (RFC 3339; None when nothing is stored). Numbers and words only, never the image."""
+        st = self._cameras.get(camera_id)
+        origin = None if st is None or st.monitor is None else st.monitor.reference_origin
+        store = self.reference_store
+        return {
+            "reference_origin": origin,
+            "reference_captured_at": None if store is None else store.captured_at(camera_id),
+        }
 
     def has_reference(self, camera_id: str) -> bool:
         """Whether the running camera has a reference (False when it is not running)."""
@@ -352,6 +374,7 @@ class CameraCoordinator:
                         "frames_analysed": analysed,
                         "reconnects": _int(counters.get("reconnects")),
                         "has_reference": monitor is not None and monitor.has_reference,
+                        "reference_origin": None if monitor is None else monitor.reference_origin,
                         "reference_capture": st.cfg.reference.capture,
                         "moved": st.moved,
                         "crashes": st.crashes,

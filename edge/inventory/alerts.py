@@ -15,7 +15,12 @@ over           count > max_stock            count ≤ max(max_stock − h, safet
 sensor_fault   any fault kind active        no fault kind active
 ambiguous      an ambiguity was reported    *immediately* on the next confirmed count (no dwell: the
                                             ambiguity is an event, and the count answering it is final)
+misplaced      `misplaced(active=True)`     `misplaced(active=False)`: the foreign goods left the plate
+               (camera fusion)              (`edge.inventory.fusion` decides both)
 =============  ===========================  =============================================================
+
+A count settled by a camera (`update_count(..., resolved_by="camera")`) answers an ambiguity like any
+confirmed count; the resolve message then says `resolved_by: camera`.
 
 Camera-only bins (no weighing device, issue #8) have no count; `facing(bin_id, state, ts)` drives the same
 `out`/`low` conditions from the camera's facing state instead — out: raise on `empty`, resolve on `low`/`ok`;
@@ -84,7 +89,17 @@ class _Cond:
 
 
 class _BinRules:
-    __slots__ = ("ambiguous_detail", "bin", "conds", "count", "facing", "fault_details", "last_raise_ms")
+    __slots__ = (
+        "ambiguous_detail",
+        "bin",
+        "conds",
+        "count",
+        "facing",
+        "fault_details",
+        "last_raise_ms",
+        "misplaced_detail",
+        "resolved_by",
+    )
 
     def __init__(self, bin: Bin) -> None:
         self.bin = bin
@@ -95,6 +110,9 @@ class _BinRules:
         self.last_raise_ms: dict[AlertKind, int] = {}
         self.facing: str | None = None
         """The camera's state of a camera-only bin's facing(s) (`facing()`); None for weighed bins."""
+        self.misplaced_detail = ""
+        self.resolved_by: str | None = None
+        """Who settled the count that answered the last ambiguity ("camera"), for the resolve message."""
 
 
 class AlertRules:
@@ -117,9 +135,16 @@ class AlertRules:
     # --- inputs --------------------------------------------------------------------------------------------
 
     def update_count(
-        self, bin_id: str, count: int | None, ts: float, *, uncertain: bool = False
+        self,
+        bin_id: str,
+        count: int | None,
+        ts: float,
+        *,
+        uncertain: bool = False,
+        resolved_by: str | None = None,
     ) -> list[AlertTransition]:
-        """A bin's count changed (or became unknown). `uncertain` counts do not answer an ambiguity."""
+        """A bin's count changed (or became unknown). `uncertain` counts do not answer an ambiguity;
+        `resolved_by` names who settled it when not the weight alone (`"camera"`, for the resolve message)."""
         br = self._bins.get(bin_id)
         if br is None:
             return []
@@ -128,7 +153,9 @@ class AlertRules:
         if count is not None and not uncertain:
             if br.ambiguous_detail is not None:
                 br.ambiguous_detail = None
+                br.resolved_by = resolved_by
                 self._clear_now(br, br.conds[AlertKind.AMBIGUOUS], ts, out)
+                br.resolved_by = None
             if br.fault_details.pop(_RESTORED_FAULT, None) is not None:
                 self._evaluate_fault(br, ts, out)
         for kind in _LEVEL_KINDS:
@@ -147,6 +174,26 @@ class AlertRules:
             cond.pending_raise = ts
             self._schedule(br, cond, ts, out)
         return out
+
+    def misplaced(self, bin_id: str, active: bool, ts: float, detail: str = "") -> list[AlertTransition]:
+        """Goods that do not belong on a weighed bin (camera fusion): raise after the dwell, or clear."""
+        br = self._bins.get(bin_id)
+        if br is None:
+            return []
+        out = self._fire_due(ts)
+        if active:
+            br.misplaced_detail = detail
+        cond = br.conds[AlertKind.MISPLACED]
+        self._drive(br, cond, raise_now=active, clear_now=not active, ts=ts, out=out)
+        return out
+
+    def misplaced_active(self, bin_id: str) -> bool:
+        """A `misplaced` alert is raised (or its raise is pending) for the bin."""
+        br = self._bins.get(bin_id)
+        if br is None:
+            return False
+        cond = br.conds[AlertKind.MISPLACED]
+        return cond.alert_id is not None or cond.pending_raise is not None
 
     def sensor_fault(
         self, bin_id: str, kind: str, active: bool, ts: float, detail: str = ""
@@ -419,6 +466,8 @@ class AlertRules:
             return f"{b.sku} over capacity at {b.id}: {count} on the shelf, max {b.max_stock}"
         if kind is AlertKind.AMBIGUOUS:
             return f"{b.sku} at {b.id}: count needs checking ({br.ambiguous_detail})"
+        if kind is AlertKind.MISPLACED:
+            return f"{b.sku} at {b.id}: goods that do not belong here ({br.misplaced_detail})"
         kinds = ", ".join(sorted(br.fault_details)) or "unknown"
         return f"{b.sku} at {b.id}: sensor fault ({kinds})"
 
@@ -427,7 +476,10 @@ class AlertRules:
         if kind is AlertKind.SENSOR_FAULT:
             return f"{b.sku} at {b.id}: sensor back to normal"
         if kind is AlertKind.AMBIGUOUS:
-            return f"{b.sku} at {b.id}: count confirmed at {count}"
+            by = f" (resolved_by: {br.resolved_by})" if br.resolved_by else ""
+            return f"{b.sku} at {b.id}: count confirmed at {count}{by}"
+        if kind is AlertKind.MISPLACED:
+            return f"{b.sku} at {b.id}: the foreign goods are gone, {count} on the shelf"
         if count is None and br.facing is not None:
             return f"{b.sku} at {b.id}: {kind} cleared, the camera sees the facing {br.facing}"
         return f"{b.sku} at {b.id}: {kind} cleared, {count} on the shelf"

@@ -549,6 +549,9 @@ class BinEstimator:
                         level,
                         f"initial level {level:.1f} g is not a whole number of "
                         f"{_unit_str(self._unit_g)} items",
+                        self.candidates(level, var_level),
+                        None,
+                        level,
                     )
                 )
         elif rec == self.count and not self.uncertain:
@@ -566,6 +569,9 @@ class BinEstimator:
                     now,
                     level - self.count * self._unit_g,
                     f"level {level:.1f} g does not match the restored count {self.count}",
+                    self.candidates(level, var_level),
+                    self.count,
+                    level,
                 )
             )
         self._anchor(level, t, keep_chain=False)
@@ -614,7 +620,7 @@ class BinEstimator:
                     self._announce(out, now, n_items, "pick" if n_items < 0 else "put", level, uncertain=True)
                 self._anchor(level, t, keep_chain=n_items == 0)
                 return tuple(out)
-            out.append(Ambiguous(self.bin_id, now, delta, self._ambiguity_reason(delta, n_items)))
+            out.append(self._ambiguous(now, delta, n_items, level, var_level))
             self._anchor(level, t, keep_chain=False)
             return tuple(out)
         if accepted:
@@ -626,7 +632,7 @@ class BinEstimator:
             self._anchor(level, t, keep_chain=n_items == 0)
             self._zero_check(level, var_level, now, out)
             return tuple(out)
-        out.append(Ambiguous(self.bin_id, now, delta, self._ambiguity_reason(delta, n_items)))
+        out.append(self._ambiguous(now, delta, n_items, level, var_level))
         rec = self._absolute(level, var_level)
         if rec is not None and "drifting" not in self._faults:
             self.count = rec
@@ -635,6 +641,68 @@ class BinEstimator:
             self.uncertain = True
         self._anchor(level, t, keep_chain=False)
         return tuple(out)
+
+    def _ambiguous(self, now: float, delta: float, n_items: int, level: float, var_level: float) -> Ambiguous:
+        return Ambiguous(
+            self.bin_id,
+            now,
+            delta,
+            self._ambiguity_reason(delta, n_items),
+            self.candidates(level, var_level),
+            None if self.uncertain else self.count,
+            level,
+        )
+
+    def candidates(self, level_g: float, var_level_g2: float | None = None) -> tuple[int, ...]:
+        """The counts a net weight may stand for, nearest first — what an ambiguity offers a camera.
+
+        Every count c ≥ 0 whose weight c·unit lies within 4σ of `level_g` (σ² = c·spread² + the level's
+        measurement variance, the neighbour test's bound); when none does (a change that is no whole number of
+        items: a foreign item, a sensor problem), the two whole counts around `level_g`. Never empty.
+        """
+        u = self._unit_g
+        var = self._var / 8.0 if var_level_g2 is None else var_level_g2
+        if not math.isfinite(var):
+            var = 0.0
+        x = level_g * self._inv_unit
+        lo, hi = max(math.floor(x), 0), max(math.ceil(x), 0)
+        found: list[int] = []
+        c = lo
+        while c >= 0:  # downwards from floor(x) while within the bound
+            r = level_g - c * u
+            if r * r > NEIGHBOUR_K * NEIGHBOUR_K * (c * self._spread_var + var):
+                break
+            found.append(c)
+            c -= 1
+        c = lo + 1
+        while True:  # upwards
+            r = level_g - c * u
+            if r * r > NEIGHBOUR_K * NEIGHBOUR_K * (c * self._spread_var + var):
+                break
+            found.append(c)
+            c += 1
+        if not found:
+            found = sorted({lo, hi})
+        return tuple(sorted(set(found), key=lambda n: (abs(level_g - n * u), n)))
+
+    def resolve(self, count: int, ts: float) -> CountChanged:
+        """Another source (a camera, `edge.inventory.fusion`) settled the count after an ambiguity: adopt it as
+        confirmed at the current level (`cause="reconcile"`). The level is already the baseline, so later
+        steps count from it. Raises ValueError for a negative count."""
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        old = self.count
+        self.count = count
+        self.uncertain = False
+        self._announced = True
+        return CountChanged(self.bin_id, ts, 0 if old is None else count - old, count, self._b, "reconcile")
+
+    def level_count(self) -> int | None:
+        """The whole count the current stable level stands for within tolerance (None when it is not one, or
+        while the plate is not stable) — e.g. whether a foreign item has left the plate again."""
+        if self._state != _STABLE or self._bn == 0:
+            return None
+        return self._absolute(self._b, self._var * self._inv_bn_eff)
 
     def _ambiguity_reason(self, delta: float, n_items: int) -> str:
         items = delta * self._inv_unit

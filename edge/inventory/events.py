@@ -42,6 +42,15 @@ class Ambiguous:
     delta_g: float
     """The weight change that could not be explained (or the net weight, for an initial level)."""
     reason: str
+    candidates: tuple[int, ...] = ()
+    """Counts the new level may stand for, nearest first (`BinEstimator.candidates`): every
+    count within 4σ (item spread + measurement) of the net weight, else the two whole counts around it. A
+    camera may pick one (`edge.inventory.fusion`); the estimator never does."""
+    count_before: int | None = None
+    """The confirmed count before this change (None when there was none, or it was itself uncertain — then
+    nothing can be kept "as before")."""
+    level_g: float | None = None
+    """Net weight of the new level (tare removed)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,9 +5,17 @@ numbers and ids leave it (events, statuses, hints); pixels leave only through
 `CameraMonitor.snapshot_with_overlay()` (installer page). See docs/cameras.md.
 """
 
-from edge.vision.analyser import CameraMovedError, FrameAnalysis, GateReason, RoiObservation, ShelfAnalyser
-from edge.vision.board import FacingBoard, FacingHint
+from edge.vision.analyser import (
+    CameraMovedError,
+    FrameAnalysis,
+    GateReason,
+    ReferenceImage,
+    RoiObservation,
+    ShelfAnalyser,
+)
+from edge.vision.board import FacingBefore, FacingBoard, FacingHint, FacingReading
 from edge.vision.monitor import CameraMonitor, MonitorCounters, NoFrameYet
+from edge.vision.reference_store import ReferenceStore
 from edge.vision.roi import FacingState, Roi
 from edge.vision.settings import METRIC_NAMES, MetricName, VisionSettings
 from edge.vision.tracker import CameraMoved, FacingStateChanged, FacingStatus, FacingTracker, VisionEvent
@@ -17,8 +25,10 @@ __all__ = [
     "CameraMonitor",
     "CameraMoved",
     "CameraMovedError",
+    "FacingBefore",
     "FacingBoard",
     "FacingHint",
+    "FacingReading",
     "FacingState",
     "FacingStateChanged",
     "FacingStatus",
@@ -28,6 +38,8 @@ __all__ = [
     "MetricName",
     "MonitorCounters",
     "NoFrameYet",
+    "ReferenceImage",
+    "ReferenceStore",
     "Roi",
     "RoiObservation",
     "ShelfAnalyser",

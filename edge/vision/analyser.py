@@ -66,6 +66,17 @@ MIN_STATIC_SHARE: Final = 0.05
 """Below this share of static (non-ROI) area the lighting fit samples the whole image instead."""
 
 
+@dataclass(frozen=True, slots=True)
+class ReferenceImage:
+    """The stocked view an analyser compares against, as it keeps it: BGR float32 at analysis scale
+    (blurred, lighting-matched), plus the full frame size it was taken from. Pixels: it never leaves the
+    gateway; `edge.vision.reference_store` writes it to the data folder so a restart keeps it."""
+
+    colour: Colour
+    width: int
+    height: int
+
+
 class CameraMovedError(ValueError):
     """A partial re-capture was asked for while the view no longer matches the reference."""
 
@@ -185,6 +196,32 @@ class ShelfAnalyser:
             roi.check_fits(width, height)
         colour = _median([self._prepare(f, width, height).colour for f in frames])
         self._ref = self._build_reference(colour, width, height, self._rois)
+        self._prev_g = None
+        self._moved_streak = 0
+        self._moved = False
+
+    def reference_image(self) -> ReferenceImage | None:
+        """The current reference (to persist it), or None before the first capture."""
+        ref = self._ref
+        return None if ref is None else ReferenceImage(ref.colour, ref.width, ref.height)
+
+    def load_reference(self, image: ReferenceImage) -> None:
+        """Adopt a reference taken earlier (a restart): as if it had just been captured.
+
+        Raises ValueError when it does not fit this analyser (analysis size for that frame size, a ROI outside
+        the frame) — then capture a new one."""
+        (aw, ah), _ = self._sizes(image.width, image.height)
+        colour = image.colour
+        if colour.ndim != 3 or colour.shape != (ah, aw, 3) or colour.dtype != np.float32:
+            raise ValueError(
+                f"camera {self.camera_id}: stored reference is {colour.shape} {colour.dtype}, "
+                f"expected ({ah}, {aw}, 3) float32 for {image.width}×{image.height} frames"
+            )
+        if not np.isfinite(colour).all():
+            raise ValueError(f"camera {self.camera_id}: stored reference holds non-finite values")
+        for roi in self._rois:
+            roi.check_fits(image.width, image.height)
+        self._ref = self._build_reference(colour, image.width, image.height, self._rois)
         self._prev_g = None
         self._moved_streak = 0
         self._moved = False

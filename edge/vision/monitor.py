@@ -12,8 +12,11 @@ FacingTracker ──▶ VisionEvent ──▶ bounded queue → events()      (t
 ```
 
 Privacy (issue #8): the only way pixels leave a monitor is `snapshot_with_overlay()`, which returns JPEG
-bytes of the current frame with the ROIs drawn on it, for an installer-only page; nothing is written to disk,
-the latest frame lives in memory only and is dropped on close. Events and statuses carry ids and numbers.
+bytes of the current frame with the ROIs drawn on it, for an installer-only page; the latest frame lives in
+memory only and is dropped on close. Events and statuses carry ids and numbers. The one thing written to disk
+is the reference, and only with a `reference_store` (the gateway's data folder, `edge.vision.reference_store`):
+loaded on start, overwritten by every (re-)capture, so a restart in front of an emptied shelf still compares
+against the stocked one.
 
 Overflow policy of the event queue (STYLE.md rule 6): bounded (`event_queue_size`); when full the oldest event
 is dropped, counted in `events_dropped`, with one WARNING per burst. A facing state is also always readable
@@ -36,8 +39,9 @@ import cv2
 import numpy as np
 
 from drivers.camera import Availability, CameraStream, Frame, FrameSource, Image, StreamSettings
-from edge.vision.analyser import FrameAnalysis, ShelfAnalyser
+from edge.vision.analyser import FrameAnalysis, ReferenceImage, ShelfAnalyser
 from edge.vision.board import FacingBoard, FacingHint
+from edge.vision.reference_store import ReferenceStore
 from edge.vision.roi import FacingState, Roi, check_unique
 from edge.vision.settings import VisionSettings
 from edge.vision.tracker import FacingStatus, FacingTracker, VisionEvent
@@ -70,6 +74,7 @@ class MonitorCounters:
     analysis_errors: int = 0
     events_emitted: int = 0
     events_dropped: int = 0
+    reference_save_errors: int = 0
 
 
 class CameraMonitor:
@@ -87,6 +92,7 @@ class CameraMonitor:
         reference: Image | Sequence[Image] | None = None,
         event_queue_size: int = 256,
         on_availability: Callable[[Availability], None] | None = None,
+        reference_store: ReferenceStore | None = None,
     ) -> None:
         if event_queue_size < 1:
             raise ValueError("event_queue_size must be at least 1")
@@ -99,6 +105,9 @@ class CameraMonitor:
         self._stream = CameraStream(source, camera_id, stream_settings, on_availability=self._on_availability)
         self._user_on_availability = on_availability
         self._initial_reference = reference
+        self._reference_store = reference_store
+        self.reference_origin: str | None = None
+        """"given" (constructor), "stored" (loaded from the reference store), "captured", or None."""
         self._queue: asyncio.Queue[VisionEvent] = asyncio.Queue(maxsize=event_queue_size)
         self._dropping = False
         self._latest: Frame | None = None
@@ -120,6 +129,9 @@ class CameraMonitor:
                 await asyncio.get_running_loop().run_in_executor(
                     self._executor, self._analyser.capture_reference, ref
                 )
+                self.reference_origin = "given"
+            elif self._reference_store is not None:
+                await asyncio.get_running_loop().run_in_executor(self._executor, self._load_stored)
             await self._stream.__aenter__()
         except BaseException:
             self._executor.shutdown(wait=False)
@@ -275,7 +287,37 @@ class CameraMonitor:
             self.counters.frames_analysed += 1
             self._last_analysis = analysis
             self._emit(self._tracker.update(analysis, frame.ts))
+            self.board.observe(self.camera_id, frame.ts, analysis)
         self._emit(self._tracker.mark_all_unknown(time.time(), "camera_offline"))
+
+    def _load_stored(self) -> None:
+        """On the analysis thread: adopt the stored reference, if one checks out and fits these ROIs."""
+        store = self._reference_store
+        if store is None:
+            return
+        image = store.load(self.camera_id)
+        if image is None:
+            return
+        try:
+            self._analyser.load_reference(image)
+        except ValueError as exc:
+            _log.warning("camera %s: stored reference not used: %s", self.camera_id, exc)
+            return
+        self.reference_origin = "stored"
+        _log.info("camera %s: reference loaded from %s", self.camera_id, store.directory)
+
+    def _save_reference(self) -> None:
+        """On the analysis thread: write the current reference (a failure is logged and counted, not fatal —
+        the camera keeps working with the reference in memory)."""
+        store = self._reference_store
+        image: ReferenceImage | None = self._analyser.reference_image()
+        if store is None or image is None:
+            return
+        try:
+            store.save(self.camera_id, image)
+        except (OSError, ValueError) as exc:
+            self.counters.reference_save_errors += 1
+            _log.error("camera %s: could not save the reference: %s", self.camera_id, exc)
 
     async def _do_capture(self, request: _CaptureRequest) -> None:
         loop = asyncio.get_running_loop()
@@ -290,6 +332,8 @@ class CameraMonitor:
             if not request.future.done():
                 request.future.set_exception(exc)
             return
+        self.reference_origin = "captured"
+        await loop.run_in_executor(self._executor, self._save_reference)
         self._emit(self._tracker.mark_all_unknown(time.time(), "reference"))
         _log.info("camera %s: reference captured from %d frame(s)", self.camera_id, len(request.frames))
         if not request.future.done():

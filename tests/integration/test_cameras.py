@@ -220,8 +220,7 @@ async def test_camera_only_facing_empties_alerts_once_and_restocks_once(tmp_path
             answer = await client.get(url)
             assert answer.status_code == 200, url
             _no_pixels(answer.json(), url)
-        written = sorted(p.name for p in (tmp_path / "data").iterdir())
-        assert all(name.startswith("gateway.db") for name in written), written
+        _only_database_and_reference(tmp_path / "data")
 
 
 async def test_snapshot_is_a_jpeg_for_loopback_clients_only(tmp_path: Path) -> None:
@@ -245,8 +244,17 @@ async def test_snapshot_is_a_jpeg_for_loopback_clients_only(tmp_path: Path) -> N
             assert refused.status_code == 403
             assert "loopback" in refused.json()["detail"]
             assert refused.content[:3] != b"\xff\xd8\xff"
-        written = sorted(p.name for p in (tmp_path / "data").iterdir())
-        assert all(name.startswith("gateway.db") for name in written), written
+        _only_database_and_reference(tmp_path / "data")
+
+
+def _only_database_and_reference(data_dir: Path) -> None:
+    """The data folder holds the database and the camera's reference (docs/cameras.md, "Privacy") — no
+    snapshot, frame or video file."""
+    written = sorted(p.name for p in data_dir.iterdir())
+    assert all(name.startswith("gateway.db") or name == "camera-references" for name in written), written
+    refs = data_dir / "camera-references"
+    if refs.exists():
+        assert sorted(p.name for p in refs.iterdir()) == ["cam1.json", "cam1.npy"]
 
 
 async def test_hub_stores_facing_changed_as_applied(tmp_path: Path) -> None:
