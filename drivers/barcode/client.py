@@ -30,7 +30,7 @@ import errno
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Final
 
@@ -88,7 +88,11 @@ class ScannerClient:
         backoff_base_s: float = 0.2,
         backoff_cap_s: float = 10.0,
         rng: random.Random | None = None,
+        on_rejected: Callable[[str, str], None] | None = None,
     ) -> None:
+        """`on_rejected(text, reason)` hears each well-framed line that is not a product or member scan — a
+        receiving dock's SSCC pallet label or a (02)+(37) case label is such a line, and the receiving desk
+        books it from its text. Called in the transport's read callback: it must not block."""
         if backoff_base_s <= 0 or backoff_cap_s < backoff_base_s:
             raise ValueError("need 0 < backoff_base_s <= backoff_cap_s")
         if settings.queue_size < 1:
@@ -100,6 +104,7 @@ class ScannerClient:
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self._rng = rng or random.Random()
+        self._on_rejected = on_rejected
         self._framer = LineFramer(settings.max_line_bytes)
         self._queue: asyncio.Queue[Scan] = asyncio.Queue(settings.queue_size)
         self._available: bool | None = None
@@ -266,6 +271,8 @@ class ScannerClient:
                 scan = decode_scan(line, self.config)
             except ProtocolError as exc:
                 self._reject(exc)
+                if self._on_rejected is not None:
+                    self._on_rejected(line.decode("utf-8", errors="replace"), exc.reason.value)
                 continue
             self._deliver(scan)
 

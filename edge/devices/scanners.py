@@ -121,12 +121,32 @@ class ScannerCoordinator:
 
     async def _run_one(self, state: _ScannerState) -> None:
         settings = ScannerSettings(port=state.cfg.port, baudrate=state.cfg.baudrate)
-        async with ScannerClient(settings, state.cfg.id, config=state.scan_config) as client:
+        on_rejected = None
+        if state.cfg.role == "receiving":
+            # The dock scans SSCC pallet labels and (02)+(37) case labels, which are not product scans: pass
+            # their text on so the receiving desk can book them (edge/receiving_service.py).
+            on_rejected = functools.partial(self._rejected_line, state.cfg)
+        async with ScannerClient(
+            settings, state.cfg.id, config=state.scan_config, on_rejected=on_rejected
+        ) as client:
             state.client = client
             async for scan in client:
                 record = scan_record(scan, state.cfg, time.time())
                 self.log.add(record)
                 self._publish({"type": "scan", "scan": record})
+
+    def _rejected_line(self, cfg: Scanner, text: str, reason: str) -> None:
+        record: dict[str, Any] = {
+            "ts": rfc3339(time.time()),
+            "device": cfg.id,
+            "role": cfg.role,
+            "lane": cfg.lane,
+            "kind": "rejected",
+            "reason": reason,
+            "raw": text,
+        }
+        self.log.add(record)
+        self._publish({"type": "scan", "scan": record})
 
     def recent(self, device: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Recent scans, newest first (see `ScanLog.recent`)."""

@@ -147,6 +147,36 @@ async def test_bad_check_digit_and_garbage_are_counted_logged_once_and_resynced(
     assert sum("too_long" in m for m in warnings) == 1
 
 
+async def test_rejected_lines_reach_the_on_rejected_hook_with_their_text(
+    usb: tuple[HotplugPort, BarcodeScannerSim],
+) -> None:
+    """A receiving dock books SSCC pallet labels from their text: the client hands every well-framed rejected
+    line to `on_rejected`, and still counts it and yields only real scans."""
+    port, scanner = usb
+    heard: list[tuple[str, str]] = []
+    client = ScannerClient(
+        ScannerSettings(port.host_path),
+        "dock-1",
+        config=ScanConfig(rcn_region="no"),
+        backoff_base_s=0.02,
+        backoff_cap_s=0.2,
+        rng=random.Random(1),
+        on_rejected=lambda text, reason: heard.append((text, reason)),
+    )
+    async with client:
+        await until(lambda: client.available)
+        await scanner.scan("00106141411234567899", "]C1")  # SSCC (GS1 GenSpecs §2.2.1): not a product
+        await scanner.scan("5901234123458", "]E0")  # bad check digit
+        await scanner.scan("5901234123457", "]E0")
+        scan = await next_scan(client)
+    assert isinstance(scan, ProductScan)
+    assert heard == [
+        ("]C100106141411234567899", "not_a_product"),
+        ("]E05901234123458", "bad_check_digit"),
+    ]
+    assert client.counters.rejected["not_a_product"] == 1
+
+
 async def test_unplug_with_half_line_then_replug(
     usb: tuple[HotplugPort, BarcodeScannerSim], caplog: pytest.LogCaptureFixture
 ) -> None:
