@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import shutil
+import sqlite3
 import ssl
 import time
 import uuid
@@ -191,6 +192,8 @@ class Gateway:
         self.api_port: int | None = None
         self._on_ready = on_ready
         self._write_lock = asyncio.Lock()
+        self.storage_alarm: str | None = None
+        """Set while a write waits for disk space (`_record_until_written`)."""
         self.samples = 0
         self.raw_taps: set[Callable[[Sample], None]] = set()
         """Listeners to every weighing sample before the engine (the calibration wizard); empty = no cost."""
@@ -283,6 +286,7 @@ class Gateway:
                 settle_window_s=self._settle_window_s.get(b.device, DEFAULT_SETTLE_WINDOW_S),
                 initial_count=row.count if row and not row.uncertain else None,
                 initial_baseline_g=row.baseline_g if row else None,
+                initial_noise_g=row.noise_g if row else None,
             )
         self._by_device = {d: {} for d in self.bins_by_device}
         for bin_id, b in self.bins.items():
@@ -535,14 +539,49 @@ class Gateway:
                     baseline_g=snap.get("baseline_g"),
                     uncertain=est.uncertain,
                     updated_ts=time.time(),
+                    noise_g=est.noise_g,
                 )
             )
         async with self._write_lock:
-            await self.store.record(events, bin_rows, alert_rows)
+            await self._record_until_written(events, bin_rows, alert_rows)
         for row in alert_rows:
             self.alerts_stream.publish({"type": "alert", "alert": self.alert_view(row)})
         for c in counts:
             self.alerts_stream.publish({"type": "stock", "bin": self.bin_view(c.bin_id)})
+
+    async def _record_until_written(
+        self, events: list[NewEvent], bin_rows: list[BinRow], alert_rows: list[AlertRow]
+    ) -> None:
+        """`store.record`, retried while the disk is full (SQLITE_FULL) instead of ending the gateway.
+
+        The engine has already moved to the new counts, so these events must be written, not dropped: the
+        writer waits here (the caller's device loop with it — its next samples then carry the latest level)
+        and retries with backoff until space returns. Meanwhile `storage_alarm` says so in /api/health and in
+        the heartbeat (which is not stored), logged once. Any other database error propagates as before.
+        """
+        delay_s = 0.5
+        while True:
+            try:
+                await self.store.record(events, bin_rows, alert_rows)
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                    raise
+                if self.storage_alarm is None:
+                    _log.error(
+                        "gateway %s: the disk holding %s is full (%s); %d event(s) held in memory, retrying",
+                        self.gateway_id,
+                        self.store.path,
+                        exc,
+                        len(events),
+                    )
+                self.storage_alarm = f"disk full at {self.store.path.parent}: events held, retrying"
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 10.0)
+                continue
+            if self.storage_alarm is not None:
+                _log.warning("gateway %s: disk space is back; held events written", self.gateway_id)
+                self.storage_alarm = None
+            return
 
     # --- operations the API calls ------------------------------------------------------------------------
 
@@ -657,7 +696,7 @@ class Gateway:
             last_seq=await self.store.last_seq(),
             devices=[view.to_contract() for view in self.device_health()],
             active_alerts=len(self.rules.active()) + self.signals.alerts.active_count(),
-            outbox_alarm=self.store.outbox_alarm,
+            outbox_alarm=self.storage_alarm or self.store.outbox_alarm,
         )
 
     async def _audited_command(self, name: str, command: Command) -> CommandResult:

@@ -54,7 +54,7 @@ from edge.outbox_quota import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """1: bins, ledger, outbox, alerts. 2: ledger `created_at` and `priority` (retention, resend), outbox
 `resend_gen`."""
 
@@ -96,6 +96,9 @@ class BinRow:
     baseline_g: float | None
     uncertain: bool
     updated_ts: float
+    noise_g: float | None = None
+    """The estimator's noise σ when saved: a restart then judges steps with it at once, instead of guessing σ
+    from a first window that may hold a moving plate (schema v3)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +193,7 @@ class GatewayStore:
         self._conn = conn
         self._migrate(sqlite_utils.Database(conn))
         self._migrate_v2(conn, self._clock())
+        self._migrate_v3(conn)
         (gen,) = conn.execute("SELECT COALESCE(MAX(resend_gen), 0) FROM outbox").fetchone()
         self._resend_gen = int(gen)
         self._open_quota(conn)
@@ -275,7 +279,22 @@ class GatewayStore:
             conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
+            raise
+
+    @staticmethod
+    def _migrate_v3(conn: sqlite3.Connection) -> None:
+        """The estimator's noise σ per bin (nullable: unknown for rows written before)."""
+        (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if int(version) >= 3:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("ALTER TABLE bins ADD COLUMN noise_g REAL")
+            conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
             raise
 
     # --- writes --------------------------------------------------------------------------------------------
@@ -322,12 +341,22 @@ class GatewayStore:
             seqs = self._append_events(events, now) if events else []
             if bins:
                 db.executemany(
-                    "INSERT INTO bins (bin_id, sku, count, weight_g, baseline_g, uncertain, updated_ts)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(bin_id) DO UPDATE SET sku=excluded.sku,"
+                    "INSERT INTO bins (bin_id, sku, count, weight_g, baseline_g, uncertain, updated_ts, noise_g)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(bin_id) DO UPDATE SET sku=excluded.sku,"
                     " count=excluded.count, weight_g=excluded.weight_g, baseline_g=excluded.baseline_g,"
-                    " uncertain=excluded.uncertain, updated_ts=excluded.updated_ts",
+                    " uncertain=excluded.uncertain, updated_ts=excluded.updated_ts,"
+                    " noise_g=COALESCE(excluded.noise_g, bins.noise_g)",
                     [
-                        (b.bin_id, b.sku, b.count, b.weight_g, b.baseline_g, int(b.uncertain), b.updated_ts)
+                        (
+                            b.bin_id,
+                            b.sku,
+                            b.count,
+                            b.weight_g,
+                            b.baseline_g,
+                            int(b.uncertain),
+                            b.updated_ts,
+                            b.noise_g,
+                        )
                         for b in bins
                     ],
                 )
@@ -362,7 +391,7 @@ class GatewayStore:
                 before_commit(db)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             self._quota.restore(saved_quota)
             raise
         self._quota.evaluate()
@@ -396,7 +425,7 @@ class GatewayStore:
                 self._release_held(self._clock())
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
         self._quota.evaluate()
 
@@ -507,10 +536,11 @@ class GatewayStore:
 
     def _load_bins(self) -> dict[str, BinRow]:
         cur = self._db.execute(
-            "SELECT bin_id, sku, count, weight_g, baseline_g, uncertain, updated_ts FROM bins"
+            "SELECT bin_id, sku, count, weight_g, baseline_g, uncertain, updated_ts, noise_g FROM bins"
         )
         return {
-            r[0]: BinRow(r[0], r[1], r[2], r[3] or 0.0, r[4], bool(r[5]), r[6] or 0.0) for r in cur.fetchall()
+            r[0]: BinRow(r[0], r[1], r[2], r[3] or 0.0, r[4], bool(r[5]), r[6] or 0.0, r[7])
+            for r in cur.fetchall()
         }
 
     async def alerts(self, *, active_only: bool = False, limit: int = 500) -> list[AlertRow]:
@@ -602,7 +632,7 @@ class GatewayStore:
                 self._count_unsent("resend_gen = ?", (generation,), sign=1)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             self._quota.restore(saved_quota)
             raise
         self._quota.evaluate()
@@ -666,7 +696,7 @@ class GatewayStore:
             self.events_pruned += self._prune()
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             self._quota.restore(saved_quota)
             raise
         self._quota.evaluate()
@@ -683,7 +713,7 @@ class GatewayStore:
             pruned = self._prune()
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         self.events_pruned += pruned
         return pruned
@@ -728,3 +758,11 @@ class GatewayStore:
         except TimeoutError:
             return
         self._rows_waiting.clear()
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """ROLLBACK if a transaction is still open. SQLite may already have rolled back by itself — it does on
+    SQLITE_FULL during COMMIT ("Response To Errors Within A Transaction", sqlite.org/lang_transaction.html) —
+    and a second ROLLBACK would raise "no transaction is active", hiding the real error (disk full)."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")

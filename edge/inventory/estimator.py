@@ -61,6 +61,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
+from itertools import pairwise
 from typing import Any, Final
 
 from edge.config import Bin
@@ -97,6 +99,10 @@ NOISE_STEP: Final = 0.01
 MEDIAN_ABS_DIFF_PER_SIGMA: Final = 0.6745 * math.sqrt(2.0)
 """median(|x_k − x_(k−1)|) = 0.954 σ for white Gaussian noise."""
 MIN_SAMPLES: Final = 3
+QUIET_WINDOW_RATIO: Final = 9.0
+"""The first σ comes from a window whose variance is at most this many times the variance implied by the median
+of its successive differences (σ² ≈ (median|Δ| / 0.954)²): a median ignores a step or a hand, a variance does
+not — a larger ratio means motion in the window, not noise."""
 CAND_FROM_FRACTION: Final = 0.5
 """A new level is averaged from the newer half of the first stable window on: the older half proved the
 stability but may hold the tail of the hand's motion or the plate's ring-down."""
@@ -133,7 +139,9 @@ class BinEstimator:
     `initial_count` (+ optionally `initial_baseline_g`, the net weight of the level that count was taken at)
     restore a snapshot after a restart: with a baseline, the first stable level is compared to it like any
     step (a pick during the downtime is counted); without, the first level is checked absolutely against the
-    count. A baseline without a count is ignored (the first level is counted absolutely).
+    count. A baseline without a count is ignored (the first level is counted absolutely). `initial_noise_g`
+    (the σ in use when the snapshot was saved) is the starting σ, so a plate already moving at the restart
+    cannot inflate it; the running median goes on tracking it.
     """
 
     __slots__ = (
@@ -197,6 +205,7 @@ class BinEstimator:
         settle_window_s: float = 0.5,
         initial_count: int | None = None,
         initial_baseline_g: float | None = None,
+        initial_noise_g: float | None = None,
     ) -> None:
         if settle_window_s <= 0:
             raise ValueError(f"settle_window_s must be > 0, got {settle_window_s}")
@@ -227,6 +236,14 @@ class BinEstimator:
         self._var_floor = (NOISE_FLOOR_FRACTION * u) ** 2
         self._noise_fixed = noise_g is not None
         self._var = max(noise_g**2, self._var_floor) if noise_g is not None else math.inf
+        if (
+            noise_g is None
+            and initial_noise_g is not None
+            and math.isfinite(initial_noise_g)
+            and initial_noise_g >= 0
+        ):
+            # σ saved before a restart: steps are judged at once; the running median keeps tracking it.
+            self._var = max(initial_noise_g**2, self._var_floor)
         # Hampel filter history: raw grams of the two previous samples, ts of the middle one.
         self._p1: float | None = None
         self._p2: float | None = None
@@ -249,7 +266,11 @@ class BinEstimator:
         self._inv_bn_eff = 1.0
         self._chain_b = 0.0
         self._chain_inv_n = 0.0
-        self._mad = 0.0
+        self._mad = (
+            math.sqrt(self._var) * MEDIAN_ABS_DIFF_PER_SIGMA
+            if not self._noise_fixed and math.isfinite(self._var)
+            else 0.0
+        )
         self._faults: set[str] = set()
         self._flagged = False
         self._announced = False
@@ -281,12 +302,14 @@ class BinEstimator:
         """Rebuild an estimator from `snapshot()` output (a restart continues, it does not recount)."""
         count = snapshot.get("count")
         baseline = snapshot.get("baseline_g")
+        saved_noise = snapshot.get("noise_g")
         est = cls(
             bin,
             noise_g=noise_g,
             settle_window_s=settle_window_s,
             initial_count=int(count) if count is not None else None,
             initial_baseline_g=float(baseline) if baseline is not None else None,
+            initial_noise_g=float(saved_noise) if saved_noise is not None else None,
         )
         est.uncertain = bool(snapshot.get("uncertain", False)) and est.count is not None
         return est
@@ -433,6 +456,11 @@ class BinEstimator:
         full = self._wfull or t - w[0][0] >= self._min_span_s
         if var == math.inf:
             if n < MIN_SAMPLES or not full:
+                return _NO_EVENTS
+            if wvar > QUIET_WINDOW_RATIO * max(self._var_floor, _diff_var(w)):
+                # The plate is moving (a gateway restarted while shoppers pick): this window's variance is
+                # motion, not noise. Taken as σ it would make every step "ambiguous" for minutes. Wait for a
+                # quiet window (found by the reliability suite: tests/reliability, moves during a restart).
                 return _NO_EVENTS
             var = self._var = max(self._var_floor, wvar)
             self._mad = math.sqrt(var) * MEDIAN_ABS_DIFF_PER_SIGMA
@@ -869,3 +897,13 @@ class BinEstimator:
 def _unit_str(unit_g: float) -> str:
     """A unit weight for messages: '250 g', '12.5 g'."""
     return f"{unit_g:g} g"
+
+
+def _diff_var(w: Iterable[tuple[float, float]]) -> float:
+    """σ² implied by the median of successive differences of the window's values (robust to steps and motion)."""
+    values = [v for _, v in w]
+    diffs = sorted(abs(b - a) for a, b in pairwise(values))
+    if not diffs:
+        return math.inf
+    sigma = diffs[len(diffs) // 2] / MEDIAN_ABS_DIFF_PER_SIGMA
+    return sigma * sigma

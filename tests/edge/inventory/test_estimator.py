@@ -271,6 +271,25 @@ def test_restart_with_baseline_counts_a_pick_made_while_down() -> None:
     assert [(c.cause, c.delta, c.count) for c in counts(events)] == [("initial", 0, 12)]
 
 
+def test_restart_onto_a_moving_plate_keeps_the_saved_noise_and_counts_the_pick() -> None:
+    """Found by tests/reliability: a gateway restarted while a shopper moves items took its first σ from a
+    window full of motion and then called every exact step ambiguous. The saved σ is used instead."""
+    model = ShelfModel(noise_g=5.0)
+    bin_ = make_bin(model)
+    first = BinEstimator(bin_)
+    feed_all(first, plateaus(model, [(5.0, 12 * UNIT_G)], seed=66))
+    snap = first.snapshot()
+    assert snap["noise_g"] is not None
+    assert snap["noise_g"] < 20.0
+    # The plate slides from 12 to 10 items over 2 s right after the restart, then rests.
+    ramp = [(0.1, (12 - 2 * k / 20) * UNIT_G) for k in range(21)]
+    samples = plateaus(model, [*ramp, (5.0, 10 * UNIT_G)], seed=67, t0=100.0)
+    restored = BinEstimator.from_snapshot(bin_, snap)
+    events = feed_all(restored, samples)
+    assert [(c.cause, c.delta, c.count) for c in counts(events)] == [("pick", -2, 10)]
+    assert not [e for e in events if isinstance(e, Ambiguous)]
+
+
 def test_restart_without_baseline_checks_the_count_absolutely() -> None:
     model = ShelfModel(noise_g=5.0)
     bin_ = make_bin(model)
