@@ -42,6 +42,12 @@ def _get(url: str) -> Any:
     return r.json()
 
 
+def _get_text(url: str) -> str:
+    r = httpx.get(url, timeout=5)
+    r.raise_for_status()
+    return r.text
+
+
 def test_demo_shows_alert_raised_and_resolved_then_stops_on_ctrl_c(tmp_path: Path) -> None:
     # The demo's log goes to a file, not a pipe nobody drains: a full pipe (64 KiB of log lines) would block the
     # demo mid-write and look like a hang at Ctrl-C.
@@ -168,6 +174,13 @@ def test_demo_shows_alert_raised_and_resolved_then_stops_on_ctrl_c(tmp_path: Pat
             assert time.monotonic() - started < 140, "no camera alert on F01/F02 within 140 s"
             time.sleep(1.0)
 
+        # What the hub keeps of this store (heartbeats, devices, status) holds no BLE key either (issue #5 part 7).
+        hub_view = (
+            httpx.get(f"{hub}/api/fleet", timeout=5).text + _get_text(f"{hub}/api/stores/demo-sh-001")
+        ).lower()
+        for key in re.findall(r'"[0-9A-F:]+": "([0-9a-f]{32})"', keys_file.read_text(encoding="utf-8")):
+            assert key not in hub_view
+
         # Ctrl-C stops everything the demo started.
         proc.send_signal(signal.SIGINT)
         try:
@@ -179,6 +192,14 @@ def test_demo_shows_alert_raised_and_resolved_then_stops_on_ctrl_c(tmp_path: Pat
                 "demo still running 30 s after Ctrl-C:\n" + log_path.read_text(encoding="utf-8")[-8000:]
             )
         assert code == 0
+        # Issue #5 part 7: a whole demo run's log (INFO, every component) never shows a secret — the BLE bind
+        # key the demo generated, in any spelling.
+        log_text = log_path.read_text(encoding="utf-8").lower()
+        keys = re.findall(r'"[0-9A-F:]+": "([0-9a-f]{32})"', keys_file.read_text(encoding="utf-8"))
+        assert keys, "the demo wrote a BLE key to check for"
+        for key in keys:
+            assert key not in log_text
+            assert key[:16] not in log_text, "not even half of a key"
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{gateway}/api/health", timeout=2)
     finally:
