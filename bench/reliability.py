@@ -4,12 +4,14 @@ One rig (tests/reliability/harness.py: simulated store in this process, gateway 
 Mosquitto behind a proxy this process controls) goes through N fault sequences drawn from FAULT_KINDS: broker
 SIGKILL + restart, broker SIGSTOP (20 s; one sequence 5 min with `--long-freeze-s 300`), proxy drop / delay /
 half-open, gateway kill -9 mid-burst, hub kill -9 mid-apply, wall-clock step. Shoppers keep moving items
-during every fault. After each sequence it waits for the system to settle and checks the promise: every event
+during every fault, and 1–2 sales per shopper wave ring up at a checkout lane through the gateway's local API
+(a sale the gateway did not acknowledge because it was down did not happen and is rung once it is back). After each sequence it waits for the system to settle and checks the promise: every event
 the gateway generated is at the hub exactly once (seq 1..N, no gap, no double, same type), hub stock and alert
-states == the gateway's; and separately whether the gateway's counts equal the simulator's ground truth.
+states == the gateway's, every acknowledged sale is at the hub once with its total and the hub's daily total
+is their sum; and separately whether the gateway's counts equal the simulator's ground truth.
 
 Prints a summary and writes it as JSON (`--out`, default var/bench/reliability-seed{N}.json). Exit 1 if any
-event was lost or doubled. Not a pytest: it runs for tens of minutes.
+event or sale was lost or doubled. Not a pytest: it runs for tens of minutes.
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ async def run(sequences: int, seed: int, long_freeze_s: float, workdir: Path) ->
                 "events_so_far": verdict.generated,
                 "lost": len(verdict.lost),
                 "doubled": len(verdict.doubled),
+                "sales_so_far": verdict.sales_generated,
+                "sales_lost": len(verdict.sales_lost),
+                "sales_doubled": len(verdict.sales_doubled),
                 "delivery_problems": verdict.problems,
                 "count_problems": verdict.count_problems,
                 "wall_s": round(time.monotonic() - t0, 1),
@@ -84,7 +89,8 @@ async def run(sequences: int, seed: int, long_freeze_s: float, workdir: Path) ->
             counts = "" if not verdict.count_problems else " (gateway count != shelf)"
             print(
                 f"[{i + 1}/{sequences}] {kind:16s} hold {hold_s:5.1f} s  events {verdict.generated:5d}"
-                f"  lost {len(verdict.lost)} doubled {len(verdict.doubled)}  {flag}{counts}  {rec.detail}",
+                f"  lost {len(verdict.lost)} doubled {len(verdict.doubled)}  sales {verdict.sales_generated:4d}"
+                f" lost {len(verdict.sales_lost)} doubled {len(verdict.sales_doubled)}  {flag}{counts}  {rec.detail}",
                 flush=True,
             )
         final = await rig.verify()
@@ -98,6 +104,7 @@ async def run(sequences: int, seed: int, long_freeze_s: float, workdir: Path) ->
             "hub": rig.hub.starts - 1 if rig.hub else 0,
         }
         moves = rig.moves
+        sale_attempts_failed = rig.sale_attempts_failed
     return {
         "command": f"python -m bench.reliability --sequences {sequences} --seed {seed} --long-freeze-s {long_freeze_s:g}",
         "machine": machine(),
@@ -112,6 +119,13 @@ async def run(sequences: int, seed: int, long_freeze_s: float, workdir: Path) ->
         "lost": len(final.lost),
         "doubled": len(final.doubled),
         "type_mismatches": len(final.mismatched),
+        "sales_generated": final.sales_generated,
+        "sales_at_hub": final.sales_at_hub,
+        "sales_lost": len(final.sales_lost),
+        "sales_doubled": len(final.sales_doubled),
+        "sales_total_cny": str(final.sales_total_cny),
+        "hub_daily_sales_total_cny": str(final.hub_sales_total_cny),
+        "sale_attempts_failed": sale_attempts_failed,
         "hub_stock_equals_gateway": final.hub_stock == final.gateway_stock,
         "hub_alerts_equal_gateway": final.hub_alerts == final.gateway_alerts,
         "gateway_count_equals_shelf": final.gateway_stock == final.truth,
@@ -150,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     brief = {k: v for k, v in summary.items() if k != "per_sequence"}
     print(json.dumps(brief, indent=2, ensure_ascii=False))
     print(f"summary written to {out}; logs in {workdir}")
-    return 1 if summary["lost"] or summary["doubled"] else 0
+    return (
+        1 if summary["lost"] or summary["doubled"] or summary["sales_lost"] or summary["sales_doubled"] else 0
+    )
 
 
 if __name__ == "__main__":

@@ -32,9 +32,10 @@ import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import psutil
 
@@ -89,7 +90,8 @@ if TYPE_CHECKING:
     from edge.devices.scanners import ScannerCoordinator
     from edge.inventory.fusion import CameraFusion
     from edge.lanes import LaneService
-    from edge.vision import FacingStateChanged
+    from edge.vision import FacingBefore, FacingBoard, FacingReading, FacingStateChanged
+    from edge.vision.board import NotSure
 
 _log = logging.getLogger(__name__)
 
@@ -97,6 +99,67 @@ TICK_S = 0.5
 TICKER_MAX_AGE_S = 20.0
 """The ticker beats every TICK_S; silence this long means it is wedged (well inside `WatchdogSec=30`)."""
 """How often alert dwell timers are evaluated when no sample arrives."""
+
+
+class EngineClock:
+    """The clock the inventory engine runs on: wall-clock seconds at start, advanced by `time.monotonic()`.
+
+    The estimators' windows and the alert rules' dwell and hysteresis subtract timestamps. Fed `time.time()`,
+    a backward step of the wall clock (NTP correcting a bad RTC at boot, `chronyd -s`/`makestep`) made every
+    new sample look older than the last one and counting stalled until wall time caught up
+    (docs/reliability.md, bugs found, item 2). CLOCK_MONOTONIC never steps (clock_gettime(2)), so engine
+    time never goes backwards; events still carry honest wall time: `to_wall` converts at the moment an
+    event is stamped, so a step shows up in the stamps (as it happened) and never in the engine's arithmetic.
+    """
+
+    def __init__(self) -> None:
+        self._origin_s = time.time() - time.monotonic()
+        """Engine time minus monotonic time, fixed for the life of the gateway."""
+
+    def now(self) -> float:
+        """Engine time now."""
+        return self._origin_s + time.monotonic()
+
+    def from_mono(self, mono_s: float) -> float:
+        """Engine time of a `time.monotonic()` reading (a sample's `mono`)."""
+        return self._origin_s + mono_s
+
+    def offset_s(self) -> float:
+        """Wall time minus engine time now: 0 until the wall clock steps (or drifts) after the start."""
+        return time.time() - self.now()
+
+    def to_wall(self, engine_ts: float) -> float:
+        """Wall-clock seconds of an engine time, by the wall clock as it reads now."""
+        return engine_ts + self.offset_s()
+
+    def from_wall(self, wall_ts: float) -> float:
+        """Engine time of a wall-clock stamp taken recently (an availability change, a camera frame)."""
+        return wall_ts - self.offset_s()
+
+    def transition_from_wall(self, t: AlertTransition) -> AlertTransition:
+        """An alert read back from the database (wall time), re-dated in engine time for the rules."""
+        offset_s = self.offset_s()
+        return replace(t, ts=t.ts - offset_s, raised_at=t.raised_at - offset_s)
+
+
+class _EngineTimeBoard:
+    """The camera board as `CameraFusion` sees it: the fusion runs on engine time (its windows are compared
+    with the estimators' event times), the board keeps frames by wall time; queries are converted here."""
+
+    def __init__(self, board: FacingBoard, clock: EngineClock) -> None:
+        self._board = board
+        self._clock = clock
+
+    def before(self, bin_id: str, ts: float, *, since_ts: float = float("-inf")) -> list[FacingBefore]:
+        """`FacingBoard.before` with engine times."""
+        return self._board.before(bin_id, self._clock.to_wall(ts), since_ts=self._clock.to_wall(since_ts))
+
+    def readings(
+        self, bin_id: str, *, after_ts: float, frames: int
+    ) -> tuple[list[FacingReading], NotSure | None]:
+        """`FacingBoard.readings` with engine times."""
+        return self._board.readings(bin_id, after_ts=self._clock.to_wall(after_ts), frames=frames)
+
 
 DEFAULT_SETTLE_WINDOW_S = 0.5
 """Estimator stability window for transmitter channels (10-80 samples/s, DOMAIN.md)."""
@@ -162,6 +225,10 @@ class Gateway:
         self.boot_id = uuid.uuid4().hex[:12]
         self.version = __version__
         self.started_mono = time.monotonic()
+        self.clock = EngineClock()
+        """Engine time for the estimators, the alert rules and the fusion; wall time only on events."""
+        self._raised_wall: dict[str, float] = {}
+        """Active alert id → its wall-clock `raised_at` as first written: a later step must not re-date it."""
         self.store = GatewayStore(
             Path(s.data_dir) / "gateway.db",
             retention_max_events=s.bridge.resend_retention_events,
@@ -238,7 +305,9 @@ class Gateway:
                 sources=camera_sources,
                 reference_dir=Path(s.data_dir) / "camera-references",
             )
-            self.fusion = CameraFusion(self.bins, self.cameras.configs, self.cameras.board)
+            # The fusion makes two board calls, both with engine times: `_EngineTimeBoard` converts them.
+            board = cast("FacingBoard", _EngineTimeBoard(self.cameras.board, self.clock))
+            self.fusion = CameraFusion(self.bins, self.cameras.configs, board)
         if any(sc.lane for sc in s.scanners) or any(sc.lane for sc in s.scales):
             from edge.lanes import lane_service_for  # noqa: PLC0415 - lazy: see the module docstring
 
@@ -293,7 +362,11 @@ class Gateway:
             if b.device is not None:
                 self._by_device[b.device][b.channel] = (bin_id, self.estimators[bin_id])
         active = await self.store.alerts(active_only=True, limit=100_000)
-        self.rules.restore(self.signals.restore([_transition_from_row(a) for a in active]))
+        # Signal alerts stay on wall time (edge/signals.py compares them with the lanes' wall-clock sales);
+        # the rules get the rest in engine time.
+        others = self.signals.restore([_transition_from_row(a) for a in active])
+        self._raised_wall = {t.alert_id: t.raised_at for t in others}
+        self.rules.restore([self.clock.transition_from_wall(t) for t in others])
         _log.info(
             "gateway %s restored %d bins (%d with a count), %d active alerts, last seq %d",
             self.gateway_id,
@@ -324,7 +397,7 @@ class Gateway:
                 tg.create_task(coordinator.run(), name=f"devices[{coordinator.family}]")
             self.liveness.expect("gateway.ticker", TICKER_MAX_AGE_S)
             tg.create_task(self._ticker(), name="gateway.ticker")
-            tg.create_task(self.signals.run(lambda ts: self._persist([], ts, [])), name="signals")
+            tg.create_task(self.signals.run(lambda ts: self._persist([], [], [], wall=ts)), name="signals")
             if uplink:
                 self.uplink = self._make_uplink()
                 tg.create_task(self.uplink.run(), name="uplink")
@@ -384,7 +457,7 @@ class Gateway:
 
     async def availability(self, device_id: str, online: bool, reason: str, ts: float) -> None:
         """`WeightSink`: a weighing device went silent or came back."""
-        transitions = self._apply_availability(device_id, online, reason, ts)
+        transitions = self._apply_availability(device_id, online, reason, self.clock.from_wall(ts))
         if transitions:
             await self._persist([], transitions, [])
 
@@ -395,7 +468,7 @@ class Gateway:
         transitions: list[AlertTransition] = []
         touched: list[str] = []
         channels = self._by_device.get(sample.device_id, {})
-        ts = sample.ts
+        ts = self.clock.from_mono(sample.mono)  # not sample.ts: a wall-clock step must not reach the windows
         for r in sample.readings:
             slot = channels.get(r.channel)
             if slot is None:
@@ -454,7 +527,7 @@ class Gateway:
         b = self.bins.get(event.bin_id) if event.bin_id is not None else None
         if b is not None and b.device is None and self.cameras is not None:
             state = self.cameras.board.facing_hint(b.id) or "unknown"
-            transitions = self.rules.facing(b.id, state, event.ts)
+            transitions = self.rules.facing(b.id, state, self.clock.from_wall(event.ts))
         await self._persist([], transitions, [], extra=[new])
 
     async def commissioning_written(self, record: Commissioning) -> None:
@@ -480,11 +553,11 @@ class Gateway:
         while True:
             self.liveness.beat("gateway.ticker")
             await asyncio.sleep(TICK_S)
-            transitions = self.rules.tick(time.time())
+            transitions = self.rules.tick(self.clock.now())
             if transitions:
                 await self._persist([], transitions, [])
             if self.fusion is not None and self.fusion.pending:
-                fused = self.fusion.check(time.time(), self.estimators, self.rules)
+                fused = self.fusion.check(self.clock.now(), self.estimators, self.rules)
                 if fused.counts or fused.transitions:
                     await self._persist(fused.counts, fused.transitions, fused.touched)
 
@@ -495,9 +568,17 @@ class Gateway:
         touched: Sequence[str],
         *,
         extra: Sequence[NewEvent] = (),
+        wall: Sequence[AlertTransition] = (),
     ) -> None:
-        """One transaction for everything a sample caused, then tell live subscribers."""
+        """One transaction for everything a sample caused, then tell live subscribers.
+
+        `counts` and `transitions` come from the engine (engine time, `EngineClock`): they are re-dated in
+        wall time here, when they are stamped. `wall` are transitions already in wall time (the signals').
+        """
         events: list[NewEvent] = list(extra)
+        offset_s = self.clock.offset_s()
+        counts = [replace(c, ts=c.ts + offset_s) for c in counts]
+        transitions = [*(self._wall_transition(t, offset_s) for t in transitions), *wall]
         if counts:  # every count change, whatever its source, feeds the forecast and the shrink window
             transitions = [*transitions, *self.signals.count_changed(counts)]
         for c in counts:
@@ -549,6 +630,16 @@ class Gateway:
         for c in counts:
             self.alerts_stream.publish({"type": "stock", "bin": self.bin_view(c.bin_id)})
 
+    def _wall_transition(self, t: AlertTransition, offset_s: float) -> AlertTransition:
+        """An alert transition of the rules (engine time) re-dated in wall time for the outbox and the alerts
+        table; `raised_at` stays as first written for the alert's life, whatever the wall clock did since."""
+        raised_wall = self._raised_wall.get(t.alert_id, t.raised_at + offset_s)
+        if t.state is AlertState.RESOLVED:
+            self._raised_wall.pop(t.alert_id, None)
+        else:
+            self._raised_wall[t.alert_id] = raised_wall
+        return replace(t, ts=t.ts + offset_s, raised_at=raised_wall)
+
     async def _record_until_written(
         self, events: list[NewEvent], bin_rows: list[BinRow], alert_rows: list[AlertRow]
     ) -> None:
@@ -592,11 +683,14 @@ class Gateway:
 
     async def acknowledge(self, alert_id: str, by: str) -> AlertRow | None:
         """Staff acknowledged an alert: record who and when; None when the alert is unknown."""
-        transition = self.rules.acknowledge(alert_id, by, time.time())
-        transition = transition or self.signals.acknowledge(alert_id, by)
-        if transition is None:
+        transition = self.rules.acknowledge(alert_id, by, self.clock.now())
+        if transition is not None:
+            await self._persist([], [transition], [])
             return await self.store.alert(alert_id)
-        await self._persist([], [transition], [])
+        signal = self.signals.acknowledge(alert_id, by)  # wall time, like every signal alert
+        if signal is None:
+            return await self.store.alert(alert_id)
+        await self._persist([], [], [], wall=[signal])
         return await self.store.alert(alert_id)
 
     async def apply_bin(self, b: Bin) -> None:
@@ -652,7 +746,9 @@ class Gateway:
             "device": b.device,
             "channel": b.channel if b.device is not None else None,
             "facing": self._facing_view(b.id),
-            "last_sample_ts": est.last_sample_ts if est else None,
+            "last_sample_ts": (
+                None if est is None or est.last_sample_ts is None else self.clock.to_wall(est.last_sample_ts)
+            ),
         }
 
     def _facing_view(self, bin_id: str) -> str | None:

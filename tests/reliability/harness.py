@@ -6,7 +6,9 @@ The gateway and the hub are `python -m shelfgate run|hub --config …` children,
 (nothing flushed, no will suppressed). Ground truth is the simulator's own record of picks and puts
 (`scenario.true_counts`); the gateway's ledger is the record of what the store generated (every event with its
 seq); the hub's `events` table is what arrived. `verify()` compares the three and counts what was lost or
-doubled. Both the pytest suite (tests/reliability/) and the long randomized run (`python bench/reliability.py`)
+doubled. Sales ring up at a checkout lane through the gateway's local API (`ring_sale()`, 1–2 per shopper
+wave, also during faults): the rig's record of the sales the gateway acknowledged is compared with the hub's
+sales. Both the pytest suite (tests/reliability/) and the long randomized run (`python bench/reliability.py`)
 drive this one class.
 
 A clock seam (tests/reliability/clockseam/sitecustomize.py) is on both children's PYTHONPATH: `jump_clock(s)`
@@ -27,6 +29,8 @@ import textwrap
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,41 @@ BINS: list[tuple[str, int, float, float, float, float, int, int, int]] = [
 ]
 INITIAL = {b[0]: b[8] for b in BINS}
 SETTLE_S = 1.6
+LANE = "lane1"
+"""The rig's checkout lane: a lane scanner on a port that does not exist (the gateway retries it with backoff and
+runs the lane anyway); sales are rung through `/api/lanes/lane1/…`."""
+PRICES_CNY = {"B1": "3.00", "B2": "4.50", "B3": "2.00", "B4": "5.80", "B5": "12.90", "B6": "7.25"}
+
+
+def _gtin_check_digit(body13: str) -> str:
+    """GS1 mod-10 check digit (GS1 General Specifications §7.9.1): weights 3,1,3,… from the right."""
+    total = sum(int(c) * (3 if i % 2 == 0 else 1) for i, c in enumerate(reversed(body13)))
+    return str((10 - total % 10) % 10)
+
+
+def bin_sku(bin_id: str, channel: int) -> str:
+    """The store SKU a bin names (not a valid GTIN: the catalogue maps it with `sku:`)."""
+    return f"0690000001{channel:03d}{len(bin_id)}"
+
+
+def bin_gtin(channel: int) -> str:
+    """The GTIN-14 the lane scans for a bin's product."""
+    body = f"0690000001{channel:03d}"
+    return body + _gtin_check_digit(body)
+
+
+def catalogue_yaml() -> str:
+    """The rig's catalogue: one item per bin (its SKU as `sku:`), prices as quoted decimal strings."""
+    out = "currency: CNY\nitems:\n"
+    for bid, ch, unit, spread, *_ in BINS:
+        out += (
+            f"  - gtin: '{bin_gtin(ch)}'\n    sku: '{bin_sku(bid, ch)}'\n"
+            f"    name: {{zh: 商品{bid}, en: Item {bid}}}\n    price: '{PRICES_CNY[bid]}'\n"
+            f"    unit_weight_g: {unit}\n    unit_weight_spread_g: {spread}\n    category: rig\n"
+        )
+    return out
+
+
 """Between two moves on the same bin: the gateway needs a stable plate (dwell) to count a change."""
 
 
@@ -60,11 +99,17 @@ class RigError(AssertionError):
     """The rig did not reach a state in time (a hang guard, not a timing claim)."""
 
 
-def store_yaml(*, tcp_port: int, broker_port: int, api_port: int, data_dir: Path) -> str:
-    """The gateway config: one Modbus TCP transmitter, six bins, fast dwell and heartbeat."""
+def store_yaml(
+    *, tcp_port: int, broker_port: int, api_port: int, data_dir: Path, catalogue: Path, scanner_port: Path
+) -> str:
+    """The gateway config: one Modbus TCP transmitter, six bins, a catalogue and one checkout lane (its scanner
+    port need not exist), fast dwell and heartbeat."""
     out = f"""\
 store_id: {STORE_ID}
 data_dir: {data_dir}
+catalogue: {catalogue}
+scanners:
+  - {{id: scan1, port: {scanner_port}, role: lane, lane: {LANE}}}
 buses:
   - {{id: tcp1, kind: tcp, host: 127.0.0.1, port: {tcp_port}, timeout_s: 0.5}}
 transmitters:
@@ -77,7 +122,7 @@ bins:
 """
     for bid, ch, unit, spread, zero, span, safety, mx, _ in BINS:
         out += textwrap.indent(
-            f"- id: {bid}\n  sku: '0690000001{ch:03d}{len(bid)}'\n  name: {{zh: 商品{bid}, en: Item {bid}}}\n"
+            f"- id: {bid}\n  sku: '{bin_sku(bid, ch)}'\n  name: {{zh: 商品{bid}, en: Item {bid}}}\n"
             f"  unit_weight_g: {unit}\n  unit_weight_spread_g: {spread}\n"
             f"  calibration: {{zero: {zero}, span_g_per_unit: {span}}}\n"
             f"  safety_stock: {safety}\n  max_stock: {mx}\n  device: tx1\n  channel: {ch}\n",
@@ -174,6 +219,17 @@ class Verdict:
     """Delivery broken: lost, doubled, gap, type mismatch, hub stock or alerts != gateway's."""
     count_problems: list[str] = field(default_factory=list)
     """The gateway's own count differs from the simulator's truth (the estimator, not the delivery path)."""
+    sales_generated: int = 0
+    """Sales the gateway acknowledged (200 with a transaction id) to the rig's lane calls."""
+    sales_at_hub: int = 0
+    """Of those, how many the hub holds."""
+    sales_lost: list[str] = field(default_factory=list)
+    sales_doubled: list[str] = field(default_factory=list)
+    """Transaction ids listed more than once by the hub."""
+    sales_total_cny: Decimal = Decimal("0.00")
+    """Sum of the acknowledged sales' totals."""
+    hub_sales_total_cny: Decimal = Decimal("0.00")
+    """The hub's daily totals (gross) for this store summed over every day the run's clocks touched."""
 
     @property
     def ok(self) -> bool:
@@ -197,9 +253,22 @@ class Rig:
         self.clock_offset_s = 0.0
         self.clock_steps_s: tuple[float, ...] = (3600.0, -3600.0, 86_400.0, -600.0)
         """What a `clock_jump` fault picks from (a backward step stalls counting: test_known_bugs.py)."""
+        self.clock_offsets_seen_s = [0.0]
         self.sim: SimStore | None = None
         self.http = httpx.AsyncClient(timeout=5)
         self.moves = 0
+        self.sales_rng = random.Random(seed + 1)
+        """Draws the sales: a stream of its own, so the shopper waves (and the states the fixed-move tests start
+        from) are the same as without sales."""
+        self.sales: dict[str, Decimal] = {}
+        """Transaction id → total (CNY) of every sale the gateway acknowledged."""
+        self.sales_unrung = 0
+        """Sales that did not happen because the gateway was down; rung once it is up again."""
+        self.sale_attempts_failed = 0
+        self.last_sale_error = ""
+        self._complete_in_doubt = False
+        self.selling = True
+        """Ring sales in each wave (a test that fills the gateway's disk turns this off: its lane would block)."""
         self._stack = contextlib.AsyncExitStack()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(CLOCK_SEAM), str(PROJECT_ROOT), env.get("PYTHONPATH", "")])
@@ -231,8 +300,13 @@ class Rig:
         self._stack.push_async_callback(self.proxy.stop)
         # The simulator's layout comes from the same config the gateway reads (port 1 is a placeholder).
         seed_cfg = self.workdir / "layout.yaml"
+        catalogue = self.workdir / "catalogue.yaml"
+        catalogue.write_text(catalogue_yaml(), encoding="utf-8")
+        scanner_port = self.workdir / "no-lane-scanner"  # nobody scans: sales come through the API
+        lane = {"catalogue": catalogue, "scanner_port": scanner_port}
         seed_cfg.write_text(
-            store_yaml(tcp_port=1, broker_port=1, api_port=1, data_dir=self.data_dir), encoding="utf-8"
+            store_yaml(tcp_port=1, broker_port=1, api_port=1, data_dir=self.data_dir, **lane),
+            encoding="utf-8",
         )
         layout = layout_from_config(load_config(seed_cfg), seed=7, initial_counts=INITIAL)
         self.sim = await self._stack.enter_async_context(SimStore(layout, run_scenario=False))
@@ -240,7 +314,11 @@ class Rig:
         gw_cfg = self.workdir / "store.yaml"
         gw_cfg.write_text(
             store_yaml(
-                tcp_port=tcp_port, broker_port=self.proxy.port, api_port=self.gw_port, data_dir=self.data_dir
+                tcp_port=tcp_port,
+                broker_port=self.proxy.port,
+                api_port=self.gw_port,
+                data_dir=self.data_dir,
+                **lane,
             ),
             encoding="utf-8",
         )
@@ -383,10 +461,85 @@ class Rig:
         return moves
 
     async def wave(self, moves: list[tuple[str, int]] | None = None) -> None:
-        """Apply moves (default: a random wave), then let the plates settle."""
+        """Apply moves (default: a random wave), ring up 1–2 sales at the lane (plus any the gateway missed
+        while it was down), then let the plates settle. The sales' goods are NOT taken off the simulated shelves:
+        the shelf truth stays the simulator's picks and puts."""
+        t0 = time.monotonic()
         for bin_id, delta in moves if moves is not None else self.random_moves():
             self._move(bin_id, delta)
-        await asyncio.sleep(SETTLE_S)
+        if self.selling:
+            await self.ring_sales(self.sales_rng.randint(1, 2))
+        rest = SETTLE_S - (time.monotonic() - t0)
+        if rest > 0:
+            await asyncio.sleep(rest)
+
+    async def ring_sales(self, new: int) -> None:
+        """Ring `new` sales plus the ones owed from earlier failures; stop at the first failure (gateway down)
+        and owe the rest."""
+        owed = self.sales_unrung + new
+        self.sales_unrung = 0
+        for i in range(owed):
+            if not await self.ring_sale():
+                self.sales_unrung = owed - i
+                return
+
+    async def ring_sale(self) -> bool:
+        """One sale of 1–3 random bin products through the lane API. True when the gateway acknowledged it
+        (200 with a transaction id; recorded in `self.sales`). A failed call — the gateway is dead or
+        restarting — means the sale did not happen: an open transaction it left is cancelled on the next try.
+        A `complete` whose answer was lost (sent, then a timeout) is retried as a cashier screen would: completing
+        a completed transaction answers the same sale and records nothing more (edge/lane_api.py)."""
+        base = f"http://127.0.0.1:{self.gw_port}/api/lanes/{LANE}"
+        codes = [bin_gtin(b[1]) for b in self.sales_rng.sample(BINS, self.sales_rng.randint(1, 3))]
+        try:
+            view = (await self.http.get(base)).raise_for_status().json()
+            tx = view.get("transaction")
+            if self._complete_in_doubt and tx is not None and tx.get("status") == "completed":
+                self._complete_in_doubt = False
+                self._acknowledge((await self.http.post(f"{base}/complete")).raise_for_status().json())
+                tx = None
+            self._complete_in_doubt = False
+            if tx is not None and tx.get("status") == "open":
+                (await self.http.post(f"{base}/cancel")).raise_for_status()
+            if view.get("cashier") is None:
+                (await self.http.post(f"{base}/cashier", json={"cashier": "rel1"})).raise_for_status()
+            for code in codes:
+                (await self.http.post(f"{base}/scan", json={"code": code})).raise_for_status()
+            try:
+                r = await self.http.post(f"{base}/complete")
+            except httpx.TransportError as exc:
+                # Refused before sending: it did not happen. Anything later: it may have; ask on the next try.
+                self._complete_in_doubt = not isinstance(exc, httpx.ConnectError)
+                raise
+            return self._acknowledge(r.raise_for_status().json())
+        except httpx.HTTPError as exc:
+            self.sale_attempts_failed += 1
+            self.last_sale_error = f"{type(exc).__name__}: {exc}"
+            return False
+
+    def _acknowledge(self, view: dict[str, Any]) -> bool:
+        """Record the sale in a 200 answer to `complete` (True) — or say it holds none (False)."""
+        done = view.get("transaction") or {}
+        tid = done.get("transaction_id")
+        if done.get("status") != "completed" or not tid:
+            self.sale_attempts_failed += 1
+            self.last_sale_error = f"complete answered without a completed sale: {done}"
+            return False
+        self.sales[str(tid)] = Decimal(str(done["total"]))
+        return True
+
+    async def hub_sales(self) -> list[tuple[str, Decimal]]:
+        """(transaction id, total) of every sale the hub lists for this store (newest first)."""
+        rows = await self.hubapi(f"/api/sales?store={STORE_ID}&limit=1000")
+        return [(str(r["transaction_id"]), Decimal(str(r["total"]))) for r in rows]
+
+    async def hub_sales_total(self) -> Decimal:
+        """The hub's daily gross for this store over every local day the children's clocks can have stamped."""
+        now = datetime.now(UTC)
+        first = (now + timedelta(seconds=min(self.clock_offsets_seen_s)) - timedelta(days=2)).date()
+        last = (now + timedelta(seconds=max(self.clock_offsets_seen_s)) + timedelta(days=2)).date()
+        days = await self.hubapi(f"/api/stores/{STORE_ID}/sales/daily?from={first}&to={last}")
+        return sum((Decimal(str(d["gross"])) for d in days), Decimal("0.00"))
 
     async def burst(self, waves: int) -> None:
         for _ in range(waves):
@@ -397,6 +550,7 @@ class Rig:
     def jump_clock(self, delta_s: float) -> None:
         """Step both children's wall clock by delta_s (forward or back), as an NTP step would."""
         self.clock_offset_s += delta_s
+        self.clock_offsets_seen_s.append(self.clock_offset_s)
         self.clock_file.write_text(repr(self.clock_offset_s), encoding="ascii")
 
     async def restart_gateway_after_kill9(self) -> None:
@@ -418,6 +572,9 @@ class Rig:
         the gateway's seqs and the same stock — and the gateway counts the simulator's truth. With
         `truth_grace_s`, stop requiring the truth after that long (the bench then records the divergence
         instead of hanging on it). Raises RigError with what it last saw; `verify()` says what is wrong."""
+        if self.selling and self.sales_unrung:
+            await self.wait_gateway_up()
+            await self.ring_sales(0)  # owed sales (the gateway was down at the last wave)
         truth = self.truth
         seen: dict[str, object] = {}
         t0 = time.monotonic()
@@ -438,6 +595,10 @@ class Rig:
             if gw != truth and (truth_grace_s is None or time.monotonic() - t0 < truth_grace_s):
                 return False
             seen["hub_stock"] = hub = await self.hub_stock()
+            hub_sales = {t for t, _ in await self.hub_sales()}
+            seen["sales_not_at_hub"] = sorted(set(self.sales) - hub_sales)[:5]
+            if not set(self.sales) <= hub_sales:
+                return False
             self.settled_seq = ledger[-1] if ledger else 0
             return hub == gw
 
@@ -484,6 +645,27 @@ class Rig:
         hub_alerts = {a["alert_id"]: a["state"] for a in await self.hubapi(f"/api/stores/{STORE_ID}/alerts")}
         if gw_alerts != hub_alerts:
             problems.append(f"alert states differ: gateway {gw_alerts} hub {hub_alerts}")
+        hub_sales = await self.hub_sales()
+        hub_sale_count = Counter(t for t, _ in hub_sales)
+        hub_sale_total = dict(hub_sales)
+        sales_lost = sorted(set(self.sales) - set(hub_sale_count))
+        sales_doubled = sorted(t for t, n in hub_sale_count.items() if n > 1)
+        unacked = sorted(set(hub_sale_count) - set(self.sales))
+        wrong_total = sorted(
+            t for t in self.sales if t in hub_sale_total and hub_sale_total[t] != self.sales[t]
+        )
+        acked_total = sum(self.sales.values(), Decimal("0.00"))
+        hub_total = await self.hub_sales_total()
+        if sales_lost:
+            problems.append(f"{len(sales_lost)} acknowledged sale(s) not at the hub: {sales_lost[:10]}")
+        if sales_doubled:
+            problems.append(f"sale(s) listed twice at the hub: {sales_doubled[:10]}")
+        if unacked:
+            problems.append(f"the hub holds sale(s) the gateway never acknowledged: {unacked[:10]}")
+        if wrong_total:
+            problems.append(f"sale total differs gateway vs hub: {wrong_total[:10]}")
+        if hub_total != acked_total:
+            problems.append(f"hub daily sales total {hub_total} != acknowledged sales total {acked_total}")
         return Verdict(
             generated=generated,
             alerts_generated=sum(1 for _, t in ledger if t.startswith("alert")),
@@ -498,6 +680,12 @@ class Rig:
             hub_alerts=hub_alerts,
             problems=problems,
             count_problems=count_problems,
+            sales_generated=len(self.sales),
+            sales_at_hub=len(set(self.sales) & set(hub_sale_count)),
+            sales_lost=sales_lost,
+            sales_doubled=sales_doubled,
+            sales_total_cny=acked_total,
+            hub_sales_total_cny=hub_total,
         )
 
 
