@@ -38,6 +38,7 @@ import functools
 import json
 import logging
 import re
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -397,7 +398,7 @@ def _sqlite_engine(url: str) -> Engine:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # first: WAL needs the lock
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes
         finally:
             cursor.close()
@@ -422,6 +423,26 @@ def lock_store(tx: Tx, store_id: str, now: float) -> None:
     tx.run(_ENSURE_STORE, {"store_id": store_id, "now": now})
     if tx.dialect == "postgresql":
         tx.run("SELECT store_id FROM stores WHERE store_id = :store_id FOR UPDATE", {"store_id": store_id})
+
+
+def _enable_wal(cursor: Any) -> None:
+    """`PRAGMA journal_mode=WAL`, retried while another connection holds the lock.
+
+    Switching a fresh file to WAL needs an exclusive lock, and SQLite answers SQLITE_BUSY there without always
+    calling the busy handler — seen when several workers open a new database at once ("database is locked"
+    despite busy_timeout, tests/hub/test_db.py under load). WAL is persistent in the file, so once one
+    connection has switched it the others find it set. Bounded by the same busy timeout.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+        else:
+            return
 
 
 def run_migrations(
