@@ -106,7 +106,7 @@ async def run(sequences: int, seed: int, long_freeze_s: float, workdir: Path) ->
         moves = rig.moves
         sale_attempts_failed = rig.sale_attempts_failed
     return {
-        "command": f"python -m bench.reliability --sequences {sequences} --seed {seed} --long-freeze-s {long_freeze_s:g}",
+        "command": f"python bench/reliability.py --sequences {sequences} --seed {seed} --long-freeze-s {long_freeze_s:g}",
         "machine": machine(),
         "load_at_end": load_average(),
         "wall_s": round(time.monotonic() - started, 1),
