@@ -39,6 +39,7 @@ from typing import Final
 from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
+from drivers.aio import reraise_swallowed_cancel
 from drivers.backoff import full_jitter_s
 from drivers.modbus.models import (
     Availability,
@@ -364,6 +365,7 @@ class ModbusBus:
             else:
                 await self._down.wait()
             attempt = 0 if await self._try_connect() else attempt + 1
+            reraise_swallowed_cancel()  # pymodbus connects through 3.11's wait_for
 
     # --- pymodbus callbacks (run in the event loop, synchronously) ----------------------------------------
 
@@ -555,10 +557,12 @@ class TransmitterPoller:
         """Poll forever (until the consumer stops iterating or the task is cancelled)."""
         next_tick = time.monotonic()
         while True:
+            reraise_swallowed_cancel()  # pymodbus (RTU) awaits through 3.11's wait_for, which may drop a cancel
             delay_s = next_tick - time.monotonic()
             if delay_s > 0:
                 await asyncio.sleep(delay_s)
             outcome = await self._poll_once()
+            reraise_swallowed_cancel()
             if isinstance(outcome, Sample):
                 self._consecutive_failures = 0
                 if self._available is False:

@@ -592,3 +592,38 @@ async def test_two_pollers_on_one_rtu_bus_never_overlap_and_keep_the_gap() -> No
     assert p2.counters.errors == 0
     assert values(c1.samples[-1]) == [r.value for r in int32_readings()]
     assert values(c2.samples[-1]) == [r.value for r in float32_readings()]
+
+
+class _SwallowingBus:
+    """A bus whose read swallows a cancel the way Python 3.11's `asyncio.wait_for` inside pymodbus can
+    (CPython gh-86296): the cancel arrives, the read returns registers anyway."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.polling = asyncio.Event()
+
+    async def read_block(self, unit_id: int, block: Block, **_: object) -> list[int]:
+        self.reads += 1
+        if self.reads >= 3:
+            self.polling.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.01)
+        return [0] * block.count
+
+
+async def test_a_poller_stops_even_when_the_bus_swallows_the_cancel() -> None:
+    """Seen as `shelfgate demo` still running 30 s after Ctrl-C: its RTU poller kept polling for ever."""
+    bus = _SwallowingBus()
+    poller = TransmitterPoller(bus, "wt-1", 1, plan_poll(INT32_ABCD, [0]), 0.001)  # type: ignore[arg-type]
+
+    async def consume() -> None:
+        async for _ in poller.run():
+            pass
+
+    task = asyncio.create_task(consume())
+    async with asyncio.timeout(10):
+        await bus.polling.wait()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=10)
+    assert done == {task}, "the poller kept polling after its task was cancelled"
+    assert task.cancelled()
