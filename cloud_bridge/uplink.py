@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
 import os
 import re
 import resource
@@ -52,13 +50,14 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, NoReturn
+from typing import Final, Literal
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
+from cloud_bridge import strict_json
 from cloud_bridge.aio import reraise_swallowed_cancel
 from cloud_bridge.backoff import Backoff
 from cloud_bridge.contract import (
@@ -200,56 +199,11 @@ class CommandRefusedError(ValueError):
         self.command_id = command_id
 
 
-def _utf8_ok(text: str) -> bool:
-    """False for a string holding a lone surrogate (``"\\ud800"`` decodes to one): it cannot be UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _usable_id(value: object) -> str | None:
     """`value` if it can be echoed as a `CommandResult.id` (a string of 1–128 characters, valid UTF-8)."""
-    if isinstance(value, str) and 0 < len(value) <= 128 and _utf8_ok(value):
+    if isinstance(value, str) and 0 < len(value) <= 128 and strict_json.utf8_ok(value):
         return value
     return None
-
-
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON (RFC 8259 §6)")
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """`object_pairs_hook` refusing duplicate names (RFC 7493 §2.3): readers disagree which one wins."""
-    doc: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in doc:
-            raise ValueError(f"duplicate member name {name[:40]!r} (RFC 7493 §2.3)")
-        doc[name] = value
-    return doc
-
-
-def _check_tree(doc: object) -> None:
-    """Depth ≤ MAX_COMMAND_DEPTH and no lone surrogate in any name or string; iterative, so never recursive."""
-    stack: list[tuple[object, int]] = [(doc, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, str):
-            if not _utf8_ok(node):
-                raise ValueError(
-                    "a string holds a lone UTF-16 surrogate, which is not Unicode (RFC 7493 §2.1)"
-                )
-            continue
-        if isinstance(node, float) and not math.isfinite(node):
-            # json.loads turns an out-of-range number such as 1e999 into inf (RFC 7493 §2.2: not I-JSON).
-            raise ValueError("a number is out of the range of an IEEE 754 double (RFC 7493 §2.2)")
-        if not isinstance(node, dict | list):
-            continue
-        if depth > MAX_COMMAND_DEPTH:
-            raise ValueError(f"nested deeper than {MAX_COMMAND_DEPTH} levels")
-        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
-        stack.extend((child, depth + 1) for child in children)
 
 
 def parse_command(payload: bytes) -> Command:
@@ -272,14 +226,12 @@ def parse_command(payload: bytes) -> Command:
     except UnicodeDecodeError as exc:
         raise CommandRefusedError(f"payload is not UTF-8 (byte {exc.start})") from None
     try:
-        doc = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_members)
-    except RecursionError:
-        raise CommandRefusedError(f"invalid JSON: nested deeper than {MAX_COMMAND_DEPTH} levels") from None
+        doc = strict_json.parse(text, max_depth=MAX_COMMAND_DEPTH)
     except ValueError as exc:
         raise CommandRefusedError(f"invalid JSON: {exc}") from None
     command_id = _usable_id(doc.get("id")) if isinstance(doc, dict) else None
     try:
-        _check_tree(doc)
+        strict_json.check_tree(doc, max_depth=MAX_COMMAND_DEPTH)
     except ValueError as exc:
         raise CommandRefusedError(f"invalid JSON: {exc}", command_id) from None
     try:

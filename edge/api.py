@@ -17,7 +17,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Query
@@ -31,13 +31,13 @@ from edge.audit import audit_for, current_actor
 from edge.auth import Auth, AuthMiddleware, auth_router
 from edge.camera_api import camera_router
 from edge.catalogue_api import catalogue_router
-from edge.http_limits import install_http_limits
 from edge.installer import installer_router
 from edge.lane_api import lane_router
 from edge.metrics import install_api_metrics, metrics_router
 from edge.reports_api import reports_router
 from edge.signals import signals_router
 from edge.stock_api import stock_router
+from httpkit.limits import install_http_limits
 
 if TYPE_CHECKING:
     from edge.gateway import Gateway
@@ -46,6 +46,9 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 
 SSE_PING_S = 15
 """Keep-alive comment interval: proxies and phones drop idle streams after 30–60 s."""
+
+MAX_BODY_BYTES: Final = 1024 * 1024
+"""1 MiB: two orders of magnitude above the largest body the local API takes (an ROI overlay of a few kB)."""
 
 
 class AckRequest(BaseModel):
@@ -61,7 +64,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         version=gateway.version,
         description="Live shelf stock, alerts and device health of one store.",
     )
-    install_http_limits(app)  # body cap (413) and documented 4xx answers: docs/security.md
+    install_http_limits(app, MAX_BODY_BYTES)  # body cap (413) and documented 4xx answers: docs/security.md
     # Users, roles, sessions, CSRF (edge/auth.py): on when the config names `api.users_file`.
     api_cfg = gateway.store_cfg.api
     data_dir = Path(gateway.store_cfg.data_dir)

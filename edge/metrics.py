@@ -30,7 +30,6 @@ Metric names and labels are listed in docs/operations.md ("Metrics and status").
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -46,10 +45,10 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.process_collector import ProcessCollector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloud_bridge.contract import AlertKind, AlertState
 from edge.outbox_quota import OutboxUsage
+from httpkit.latency import ApiLatencyMiddleware
 
 if TYPE_CHECKING:
     from edge.gateway import Gateway
@@ -62,78 +61,12 @@ API_LATENCY_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.
 """The local API answers from memory or one SQLite read: most requests land in the millisecond buckets; the
 upper ones catch a database thread stuck behind a large write."""
 
-UNMATCHED_ROUTE: Final = "unmatched"
-"""The `route` label of requests no route matched (404s for unknown paths, slash redirects)."""
-
 ACTIVE_ALERT_STATES: Final = (AlertState.RAISED, AlertState.ACKNOWLEDGED)
 STOCK_LEVELS: Final = ("out", "low", "ok", "over", "unknown")
 """`edge.gateway.stock_level` values, emitted with zeros so a dashboard's series never vanish."""
 
 
-# --- API latency (shared shape with hub/metrics.py, which may not import edge) ---------------------------------
-
-
-def route_template(scope: Scope, entry_root_path: str = "") -> str:
-    """The matched route's path template (`/api/alerts/{alert_id}/ack`, `/static/{path}`), or `unmatched`.
-
-    The router records the matched route in `scope["route"]` and updates the very scope dict the middleware
-    passed down, so it is readable once the app answers. A `Mount` (static files, a sub-app) extends
-    `scope["root_path"]` instead (ASGI spec, "root_path"), and FastAPI 0.165 sets no `route` for it (seen in
-    tests): the part of `root_path` added since `entry_root_path` is the mount's prefix, and the rest of the
-    path is `{path}` (or the sub-app's own route template). Never the raw path, so the label's cardinality
-    is the number of routes.
-    """
-    route = scope.get("route")
-    template = getattr(route, "path_format", None) or getattr(route, "path", None)
-    root_path = scope.get("root_path", "") or ""
-    prefix = root_path[len(entry_root_path) :] if root_path.startswith(entry_root_path) else ""
-    if isinstance(template, str) and template:
-        if prefix and not template.startswith(prefix + "/"):
-            return prefix + template  # a route inside a mounted sub-app
-        return template
-    return f"{prefix}/{{path}}" if prefix else UNMATCHED_ROUTE
-
-
-class ApiLatencyMiddleware:
-    """Pure ASGI middleware observing each HTTP request's time to response start, by method, route and code.
-
-    Time to the response's first message, not to its last byte: the SSE stream stays open for hours, and its
-    latency is how fast it opened. A request that raises before answering is recorded with code 500 (what
-    Starlette's outer error middleware then sends). A pure ASGI middleware rather than `BaseHTTPMiddleware`,
-    which would buffer through an extra task and interfere with streaming responses.
-    """
-
-    def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
-        self.app = app
-        self.histogram = histogram
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        entry_root_path = str(scope.get("root_path", "") or "")
-        observed = False
-
-        def observe(code: int) -> None:
-            nonlocal observed
-            if observed:
-                return
-            observed = True
-            self.histogram.labels(
-                scope.get("method", "GET"), route_template(scope, entry_root_path), str(code)
-            ).observe(time.perf_counter() - started)
-
-        async def timed_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                observe(int(message.get("status", 0)))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, timed_send)
-        except Exception:  # a cancelled request (client gone, shutdown) is not an answer: not observed
-            observe(500)
-            raise
+# --- API latency (the middleware is httpkit.latency, shared with the hub) -----------------------------------
 
 
 def api_latency_histogram(registry: CollectorRegistry, prefix: str = "shelfgate") -> Histogram:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, RedirectResponse
@@ -19,11 +19,11 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict
 
+from httpkit.limits import install_http_limits
 from hub.config import HubConfig
 from hub.config_rollout import ConfigRollouts, config_rollout_router
 from hub.db import HubDB
 from hub.fleet import FleetMonitor, ListeningSince, fleet_entry, fleet_router
-from hub.http_limits import install_http_limits
 from hub.ingest import Ingest
 from hub.metrics import install_api_metrics, metrics_router
 from hub.models import AlertItem, FleetEntry, QuarantineItem, StockItem
@@ -31,6 +31,10 @@ from hub.sales import SalesSettings, configure
 from hub.sales_api import sales_router
 
 __all__ = ["Health", "create_app", "fleet_entry"]  # fleet_entry lives in hub.fleet; kept importable here
+
+MAX_BODY_BYTES: Final = 16 * 1024 * 1024
+"""16 MiB: the largest body the HQ API takes is a config rollout with one YAML text per store (each at most
+200 000 characters, typically 5–20 kB): room for a fleet of hundreds of stores in one request."""
 
 
 class Health(BaseModel):
@@ -60,7 +64,7 @@ def create_app(
     """Build the app over an open `HubDB`; the caller owns the DB and the ingest worker (no lifespan here).
     `fleet` is the worker's monitor (the service runs its evaluator); without one the app makes its own."""
     app = FastAPI(title=f"shelfgate hub {config.hub_id}", version="1")
-    install_http_limits(app)  # body cap (413) and documented 4xx answers: docs/security.md
+    install_http_limits(app, MAX_BODY_BYTES)  # body cap (413) and documented 4xx answers: docs/security.md
     if fleet is None:
         fleet = FleetMonitor(
             db,

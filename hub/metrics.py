@@ -31,7 +31,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from httpkit.latency import ApiLatencyMiddleware
 
 if TYPE_CHECKING:
     from hub.config import HubConfig
@@ -61,71 +62,12 @@ APPLY_LATENCY_BUCKETS_S: Final = (
 )
 """One batch's transaction: a few ms on SQLite, more on a loaded PostgreSQL; 10 s means lock trouble."""
 
-UNMATCHED_ROUTE: Final = "unmatched"
 STORE_STATES: Final = ("online", "offline", "stale")
 
 _METRIC_NAME = re.compile(r"[^a-zA-Z0-9_]")
 
 
-# --- API latency (the same shape as edge/metrics.py) ---------------------------------------------------------
-
-
-def route_template(scope: Scope, entry_root_path: str = "") -> str:
-    """The matched route's path template (`/api/stores/{store_id}/stock`, `/static/{path}`), or `unmatched`.
-
-    The router records the matched route in `scope["route"]` and updates the very scope dict the middleware
-    passed down, so it is readable once the app answers. A `Mount` (static files, a sub-app) extends
-    `scope["root_path"]` instead (ASGI spec, "root_path"), and FastAPI 0.165 sets no `route` for it (seen in
-    tests): the part of `root_path` added since `entry_root_path` is the mount's prefix, and the rest of the
-    path is `{path}` (or the sub-app's own route template). Never the raw path, so the label's cardinality
-    is the number of routes.
-    """
-    route = scope.get("route")
-    template = getattr(route, "path_format", None) or getattr(route, "path", None)
-    root_path = scope.get("root_path", "") or ""
-    prefix = root_path[len(entry_root_path) :] if root_path.startswith(entry_root_path) else ""
-    if isinstance(template, str) and template:
-        if prefix and not template.startswith(prefix + "/"):
-            return prefix + template  # a route inside a mounted sub-app
-        return template
-    return f"{prefix}/{{path}}" if prefix else UNMATCHED_ROUTE
-
-
-class ApiLatencyMiddleware:
-    """Pure ASGI middleware observing time to response start by method, route template and status code
-    (a request that raises before answering counts as 500)."""
-
-    def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
-        self.app = app
-        self.histogram = histogram
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        entry_root_path = str(scope.get("root_path", "") or "")
-        observed = False
-
-        def observe(code: int) -> None:
-            nonlocal observed
-            if observed:
-                return
-            observed = True
-            self.histogram.labels(
-                scope.get("method", "GET"), route_template(scope, entry_root_path), str(code)
-            ).observe(time.perf_counter() - started)
-
-        async def timed_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                observe(int(message.get("status", 0)))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, timed_send)
-        except Exception:  # a cancelled request (client gone, shutdown) is not an answer: not observed
-            observe(500)
-            raise
+# --- API latency (the middleware is httpkit.latency, shared with the gateway) -------------------------------
 
 
 def install_api_metrics(app: FastAPI, registry: CollectorRegistry) -> Histogram:

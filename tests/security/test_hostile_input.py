@@ -27,13 +27,13 @@ from typing import Any
 import httpx
 import pytest
 
-from edge.http_limits import MAX_BODY_BYTES as GATEWAY_MAX_BODY_BYTES
-from edge.http_limits import MAX_JSON_DEPTH
+from edge.api import MAX_BODY_BYTES as GATEWAY_MAX_BODY_BYTES
+from httpkit.limits import MAX_JSON_DEPTH
 from hub import sales as hub_sales
+from hub.api import MAX_BODY_BYTES as HUB_MAX_BODY_BYTES
 from hub.api import create_app
 from hub.config import HubConfig
 from hub.db import HubDB
-from hub.http_limits import MAX_BODY_BYTES as HUB_MAX_BODY_BYTES
 from tests.hub.test_sales import MEMBER, Gateway, cst, item, sale
 from tests.security.live_app import LiveApp, serving
 from tests.shelfgate.installer_stack import installer_stack

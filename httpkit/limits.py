@@ -1,22 +1,20 @@
-"""Hostile-input limits of the HQ API: a body cap, UTF-8 and strict JSON bodies, documented 4xx answers.
+"""Hostile-input limits of an HTTP API: a body cap, UTF-8 and strict JSON bodies, documented 4xx answers.
 
-Why a body cap: nothing the hub's API takes is larger than a config rollout (a YAML text per store), yet
-uvicorn and Starlette read a body of any size into memory, so one request could exhaust the hub. Bodies over
-`MAX_BODY_BYTES` are answered ``413 Content Too Large`` (RFC 9110 §15.5.14) before the route runs: at once
-when ``Content-Length`` says so, or as soon as a chunked body (RFC 9112 §7.1) passes the cap.
+Why a body cap: uvicorn and Starlette read a body of any size into memory, and neither API takes anything
+large (the gateway's largest body is an ROI overlay of a few kB, the hub's a config rollout): one request
+could exhaust the machine. Each app passes its own `max_body_bytes`; a body over it is answered
+``413 Content Too Large`` (RFC 9110 §15.5.14) before the route runs: at once when ``Content-Length`` says so,
+or as soon as a chunked body (RFC 9112 §7.1) passes the cap.
 
 Why UTF-8 only: FastAPI 0.165 decodes a body that is not declared JSON as UTF-8 text to echo it in its 422
-answer, and a body that is not UTF-8 makes that a 500 (`UnicodeDecodeError`). The API takes JSON only, so
-any other bytes are refused with ``400``.
+answer, and a body that is not UTF-8 makes that a 500 (`UnicodeDecodeError`). The APIs take JSON and UTF-8
+text (a delivery note) only, so any other bytes are refused with ``400``.
 
-Why strict JSON: Python's `json` accepts what JSON does not — ``NaN``/``Infinity`` (RFC 8259 §6), lone UTF-16
-surrogates from ``"\\ud800"`` escapes and duplicate member names (both outside I-JSON, RFC 7493 §2.1, §2.3).
-FastAPI then echoes such an input in its 422 answer and cannot serialise it (a lone surrogate is not UTF-8;
-Starlette renders with ``allow_nan=False``): a 500 instead of a refusal — and a string that passes a route's
-validation reaches SQLite, which cannot store it either. So a JSON body (``application/json`` or
-``application/*+json``, FastAPI's own rule in `fastapi.routing`) is refused with ``400`` and the reason
-unless it is I-JSON nested at most `MAX_JSON_DEPTH` deep: the rules `cloud_bridge.uplink.parse_command`
-applies to hub commands.
+Why strict JSON: see `cloud_bridge.strict_json` — FastAPI echoes a NaN or a lone surrogate in its 422 answer
+and cannot serialise it (a 500 instead of a refusal), and a string that passes a route's validation reaches
+SQLite, which cannot store it either. So a JSON body (``application/json`` or ``application/*+json``,
+FastAPI's own rule in `fastapi.routing`) is refused with ``400`` and the reason unless it is strict JSON
+nested at most `MAX_JSON_DEPTH` deep — the rules the gateway's command intake applies to hub commands.
 
 The body is read whole (it is capped) and checked before the route runs, then handed to it unchanged; nothing
 of a refused request reaches a route, so nothing of it is stored.
@@ -27,23 +25,19 @@ schema cannot judge with 422 and a reason. `document_client_errors` states that 
 OpenAPI ``4XX`` range response, OpenAPI 3.1 §4.8.16.2) so a client, and schemathesis, can rely on the shape of
 every refusal.
 
-The middleware is pure ASGI (ASGI 3.0 HTTP scope). This is a copy of
-`edge/http_limits.py` because the import contract keeps the hub from importing `edge`; keep them in step.
+The middleware is pure ASGI (ASGI 3.0 HTTP scope).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from email.message import Message as MimeHeader
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 from fastapi import FastAPI
 
-MAX_BODY_BYTES: Final = 16 * 1024 * 1024
-"""16 MiB: the largest body the API takes is a config rollout with one YAML text per store (each at most
-200 000 characters, typically 5–20 kB): room for a fleet of hundreds of stores in one request."""
+from cloud_bridge import strict_json
 
 MAX_JSON_DEPTH: Final = 64
 """Arrays and objects nested deeper are refused; the deepest body the API takes is under 10 levels."""
@@ -76,7 +70,7 @@ def _too_large(max_body_bytes: int, size: int) -> str:
 class BodySizeLimit:
     """ASGI middleware: 413 for a body over `max_body_bytes`, 400 for one that is not UTF-8 or strict JSON."""
 
-    def __init__(self, app: AsgiApp, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, app: AsgiApp, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
 
@@ -142,19 +136,6 @@ def _declared_json(scope: Scope) -> bool:
     return False  # FastAPI 0.165 then hands a model route the text, not parsed JSON
 
 
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON (RFC 8259 §6)")
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    doc: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in doc:
-            raise ValueError(f"duplicate member name {name[:40]!r} (RFC 7493 §2.3)")
-        doc[name] = value
-    return doc
-
-
 def body_problem(body: bytes, *, json_declared: bool) -> str | None:
     """Why the API refuses `body` (not UTF-8; declared JSON but not strict JSON); None when it takes it."""
     try:
@@ -168,28 +149,11 @@ def body_problem(body: bytes, *, json_declared: bool) -> str | None:
 
 
 def json_problem(text: str) -> str | None:
-    """Why `text` is not strict JSON (RFC 8259, I-JSON, depth ≤ `MAX_JSON_DEPTH`); None when it is."""
+    """Why `text` is not strict JSON (`cloud_bridge.strict_json`, depth ≤ `MAX_JSON_DEPTH`); None when it is."""
     try:
-        doc = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_members)
-    except RecursionError:
-        return f"nested deeper than {MAX_JSON_DEPTH} levels"
-    except ValueError as exc:  # JSONDecodeError, the hooks above, and int() over 4300 digits
+        strict_json.loads(text, max_depth=MAX_JSON_DEPTH)
+    except ValueError as exc:  # also int() over 4300 digits
         return str(exc)
-    stack: list[tuple[object, int]] = [(doc, 1)]
-    while stack:  # iterative: a hostile body must not be able to exhaust the recursion limit here
-        node, depth = stack.pop()
-        if isinstance(node, str):
-            try:
-                node.encode("utf-8")
-            except UnicodeEncodeError:
-                return "a string holds a lone UTF-16 surrogate, which is not Unicode (RFC 7493 §2.1)"
-        elif isinstance(node, float) and not math.isfinite(node):
-            return "a number is out of the range of an IEEE 754 double (RFC 7493 §2.2)"
-        elif isinstance(node, dict | list):
-            if depth > MAX_JSON_DEPTH:
-                return f"nested deeper than {MAX_JSON_DEPTH} levels"
-            children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
-            stack.extend((child, depth + 1) for child in children)
     return None
 
 
@@ -233,7 +197,7 @@ def _widen_422(response: Any) -> None:
     response["description"] = f"{response.get('description', 'Validation Error')}, or a reason (`detail`)"
 
 
-def install_http_limits(app: FastAPI, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+def install_http_limits(app: FastAPI, max_body_bytes: int) -> None:
     """The body cap and the documented 4xx answers, on one app (call once, from `create_app`)."""
     app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)
     document_client_errors(app)
