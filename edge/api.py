@@ -101,7 +101,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             "devices_online": sum(1 for d in devices if d["online"]),
             "devices_total": len(devices),
             "active_alerts": len(gateway.rules.active()),
-            "outbox_alarm": gateway.storage_alarm or gateway.store.outbox_alarm,
+            "outbox_alarm": gateway.outbox_alarm,
             "outbox_quota": gateway.store.outbox_usage().as_dict(),
         }
 

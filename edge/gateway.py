@@ -260,7 +260,7 @@ class Gateway:
         self._on_ready = on_ready
         self._write_lock = asyncio.Lock()
         self.storage_alarm: str | None = None
-        """Set while a write waits for disk space (`_record_until_written`)."""
+        """Set while a write waits for disk space (`_record_until_written`); see `outbox_alarm`."""
         self.samples = 0
         self.raw_taps: set[Callable[[Sample], None]] = set()
         """Listeners to every weighing sample before the engine (the calibration wizard); empty = no cost."""
@@ -640,6 +640,12 @@ class Gateway:
             self._raised_wall[t.alert_id] = raised_wall
         return replace(t, ts=t.ts + offset_s, raised_at=raised_wall)
 
+    @property
+    def outbox_alarm(self) -> str | None:
+        """What the heartbeat and /api/health report as `outbox_alarm`: a write held for disk space, else a hit
+        outbox quota (edge/outbox_quota.py), else None."""
+        return self.storage_alarm or self.store.outbox_alarm
+
     async def _record_until_written(
         self, events: list[NewEvent], bin_rows: list[BinRow], alert_rows: list[AlertRow]
     ) -> None:
@@ -792,7 +798,7 @@ class Gateway:
             last_seq=await self.store.last_seq(),
             devices=[view.to_contract() for view in self.device_health()],
             active_alerts=len(self.rules.active()) + self.signals.alerts.active_count(),
-            outbox_alarm=self.storage_alarm or self.store.outbox_alarm,
+            outbox_alarm=self.outbox_alarm,
         )
 
     async def _audited_command(self, name: str, command: Command) -> CommandResult:

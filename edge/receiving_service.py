@@ -33,8 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from cloud_bridge.contract import rfc3339
-from cloud_bridge.store_events import STOCK_RECEIVED, StockReceived
+from cloud_bridge.contract import EventType, StockReceived, rfc3339
 from edge import bookstock
 from edge.retail.catalogue import Catalogue
 from edge.retail.errors import ReceivingError
@@ -255,7 +254,9 @@ class ReceivingService:
             data = StockReceived.model_validate(
                 {**entry.receipt.payload(now), "by": by, "delivery_note": entry.note_name}
             )
-            event = NewEvent(STOCK_RECEIVED, rfc3339(now), data.model_dump(mode="json"), PRIORITY_HIGH)
+            event = NewEvent(
+                EventType.STOCK_RECEIVED, rfc3339(now), data.model_dump(mode="json"), PRIORITY_HIGH
+            )
             totals = entry.receipt.totals()
 
             def write(conn: sqlite3.Connection) -> None:

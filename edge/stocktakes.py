@@ -34,13 +34,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
-from cloud_bridge.contract import rfc3339
-from cloud_bridge.store_events import (
-    STOCKTAKE_COMPLETED,
-    StocktakeAdjustment,
-    StocktakeCompleted,
-    StocktakeLine,
-)
+from cloud_bridge.contract import EventType, StocktakeAdjustment, StocktakeCompleted, StocktakeLine, rfc3339
 from edge import bookstock
 from edge.config import Bin, Scanner
 from edge.retail.catalogue import Catalogue, normalise_gtin
@@ -380,7 +374,7 @@ class StocktakeService:
             payload = self.completed_payload(session, now, by)
             deltas = {self.gtin_of(sku): d for sku, d in payload.book_deltas.items()}
             event = NewEvent(
-                STOCKTAKE_COMPLETED, rfc3339(now), payload.model_dump(mode="json"), PRIORITY_HIGH
+                EventType.STOCKTAKE_COMPLETED, rfc3339(now), payload.model_dump(mode="json"), PRIORITY_HIGH
             )
 
             def write(conn: sqlite3.Connection) -> None:

@@ -51,7 +51,7 @@ class BoardGateway:
         self.version = __version__
         self.started_mono = time.monotonic()
         self.store = store
-        self.storage_alarm: str | None = None  # as Gateway: set only while a write waits for disk space
+        self.outbox_alarm: str | None = None  # as Gateway: a write held for disk space or a hit quota
         self.bins: dict[str, Bin] = {b.id: b for b in config.store.bins}
         self.counts: dict[str, int | None] = dict.fromkeys(self.bins)
         self.rules = _ActiveAlerts()

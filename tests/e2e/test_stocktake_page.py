@@ -23,7 +23,7 @@ import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, ViewportSize, async_playwright, expect
 from stdnum import ean
 
-from cloud_bridge.store_events import STOCK_RECEIVED, STOCKTAKE_COMPLETED, StockReceived, StocktakeCompleted
+from cloud_bridge.contract import EventType, StockReceived, StocktakeCompleted
 from edge import bookstock
 from edge.api import ApiServer, create_app
 from edge.config import load_config
@@ -192,7 +192,7 @@ async def test_zh_phone_counts_an_area_sees_live_progress_and_confirms(live: Liv
         await page.click("#confirm")
         await expect(page.locator("#s-status")).to_have_text("已确认", timeout=WAIT_MS)
         assert await live.book() == {COLA: Decimal(9), WATER: Decimal(5), NOODLES: Decimal(1)}
-        events = [(t, d) for t, d in await live.outbox() if t == STOCKTAKE_COMPLETED]
+        events = [(t, d) for t, d in await live.outbox() if t == EventType.STOCKTAKE_COMPLETED]
         assert len(events) == 1
         payload = StocktakeCompleted.model_validate(events[0][1])
         assert (payload.session_id, payload.by) == (session_id, "li.na")
@@ -236,7 +236,9 @@ async def test_en_phone_receives_a_delivery_with_a_note_and_commits(
         assert after[COLA] - before.get(COLA, Decimal(0)) == 48
         assert after[WATER] - before.get(WATER, Decimal(0)) == 24
         assert after[CRACKERS] - before.get(CRACKERS, Decimal(0)) == 12
-        received = [StockReceived.model_validate(d) for t, d in await live.outbox() if t == STOCK_RECEIVED]
+        received = [
+            StockReceived.model_validate(d) for t, d in await live.outbox() if t == EventType.STOCK_RECEIVED
+        ]
         assert [(r.delivery_note, sorted((x.gtin, x.qty) for x in r.totals)) for r in received] == [
             ("dn-42.csv", sorted([(COLA, 48), (WATER, 24), (CRACKERS, 12)]))
         ]

@@ -38,7 +38,6 @@ import httpx
 import pytest
 
 from cloud_bridge.contract import EventType
-from cloud_bridge.store_events import STOCK_RECEIVED, STOCKTAKE_COMPLETED
 from drivers.barcode.protocol import MemberScan, decode_scan
 from edge import bookstock
 from edge.config import load_config
@@ -463,14 +462,14 @@ async def test_a_mixed_store_day_adds_up_exactly_at_the_hub(tmp_path: Path, mosq
             for r in s.hub_rows("SELECT data FROM events WHERE type = ?", EventType.SALE_COMPLETED.value)
         ]
         assert Counter(completed) == Counter(day.sales)
-        ((received,),) = s.hub_rows("SELECT data FROM events WHERE type = ?", STOCK_RECEIVED)
+        ((received,),) = s.hub_rows("SELECT data FROM events WHERE type = ?", EventType.STOCK_RECEIVED)
         assert {t["gtin"]: t["qty"] for t in json.loads(received)["totals"]} == {
             CRACKERS: 12,
             NOODLES: 20,
             COLA: 24,
             WATER: 6,
         }
-        ((stocktake,),) = s.hub_rows("SELECT data FROM events WHERE type = ?", STOCKTAKE_COMPLETED)
+        ((stocktake,),) = s.hub_rows("SELECT data FROM events WHERE type = ?", EventType.STOCKTAKE_COMPLETED)
         assert json.loads(stocktake)["book_deltas"] == {NOODLES: -1}  # the deliberate variance
 
         # The loss alert and the A1 alert: each raised once, resolved once; no other alert all day.

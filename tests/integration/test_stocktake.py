@@ -29,7 +29,7 @@ import pytest
 from playwright.async_api import Page, async_playwright, expect
 from stdnum import ean
 
-from cloud_bridge.store_events import STOCK_RECEIVED, STOCKTAKE_COMPLETED
+from cloud_bridge.contract import EventType
 from edge import bookstock
 from edge.config import load_config
 from edge.gateway import Gateway
@@ -292,12 +292,15 @@ async def test_receiving_then_concurrent_stocktakes_reach_the_hub(
         # 3. The hub holds the receipt and both stocktakes.
 
         async def hub_has_all() -> bool:
-            return len(s.hub_events(STOCKTAKE_COMPLETED)) == 2 and len(s.hub_events(STOCK_RECEIVED)) == 1
+            return (
+                len(s.hub_events(EventType.STOCKTAKE_COMPLETED)) == 2
+                and len(s.hub_events(EventType.STOCK_RECEIVED)) == 1
+            )
 
         await eventually(hub_has_all, 30, "stock.received and two stocktake.completed at the hub")
-        done = {e["area"]: e["book_deltas"] for e in s.hub_events(STOCKTAKE_COMPLETED)}
+        done = {e["area"]: e["book_deltas"] for e in s.hub_events(EventType.STOCKTAKE_COMPLETED)}
         assert done == {"R": {COLA: -1}, "T": {NOODLES: -1}}
-        (received,) = s.hub_events(STOCK_RECEIVED)
+        (received,) = s.hub_events(EventType.STOCK_RECEIVED)
         assert received["receipt_id"] == rid
         assert {t["gtin"]: t["qty"] for t in received["totals"]} == {
             COLA: 10,

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from cloud_bridge.store_events import STOCK_RECEIVED, StockReceived
+from cloud_bridge.contract import EventType, StockReceived
 from edge.receiving_service import ReceivingService
 from edge.retail.catalogue import Catalogue
 from edge.retail.errors import ReceivingError
@@ -64,7 +64,7 @@ async def test_a_delivery_books_every_label_kind_and_commits_once(
         CRACKERS: Decimal(18),
     }
     events = await outbox(store)
-    assert [t for t, _ in events] == [STOCK_RECEIVED]
+    assert [t for t, _ in events] == [EventType.STOCK_RECEIVED]
     payload = StockReceived.model_validate(events[0][1])
     assert payload.receipt_id == rid
     assert payload.delivery_note == "dn-0001.csv"
@@ -88,7 +88,7 @@ async def test_a_delivery_books_every_label_kind_and_commits_once(
     with pytest.raises(ReceiptConflict, match="nothing received"):
         await svc.commit(second)
     await svc.cancel(second)
-    assert [t for t, _ in await outbox(store)] == [STOCK_RECEIVED]
+    assert [t for t, _ in await outbox(store)] == [EventType.STOCK_RECEIVED]
 
 
 async def test_receipts_replay_from_the_journal_and_scanner_lines_are_booked(

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from cloud_bridge.store_events import STOCKTAKE_COMPLETED, StocktakeCompleted
+from cloud_bridge.contract import EventType, StocktakeCompleted
 from edge.retail.catalogue import Catalogue
 from edge.retail.errors import StocktakeError
 from edge.stocktakes import NotFound, StocktakeConflict, StocktakeService
@@ -73,7 +73,7 @@ async def test_count_confirm_adjusts_book_stock_and_emits_one_event(
     assert done["status"] == "confirmed"
     assert await book(store) == {COLA: Decimal(9), WATER: Decimal(6), NOODLES: Decimal(8)}
     events = await outbox(store)
-    assert [t for t, _ in events] == [STOCKTAKE_COMPLETED]
+    assert [t for t, _ in events] == [EventType.STOCKTAKE_COMPLETED]
     payload = StocktakeCompleted.model_validate(events[0][1])
     assert payload.session_id == sid
     assert payload.book_deltas == {COLA: -1, WATER: 1, NOODLES: 1}
@@ -83,7 +83,7 @@ async def test_count_confirm_adjusts_book_stock_and_emits_one_event(
         await svc.confirm(sid)
     with pytest.raises(StocktakeConflict):
         await svc.count(sid, COLA, scan_id="late")
-    assert [t for t, _ in await outbox(store)] == [STOCKTAKE_COMPLETED]  # applied once
+    assert [t for t, _ in await outbox(store)] == [EventType.STOCKTAKE_COMPLETED]  # applied once
 
 
 async def test_sessions_for_different_areas_run_at_once_but_never_share_a_bin_or_sku(
