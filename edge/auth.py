@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -165,8 +166,11 @@ def verify_password(password_hash: str, password: str) -> bool:
         return False
 
 
-_DUMMY_HASH: Final = _hasher.hash("not-a-real-password-only-for-timing")
-"""Verified against for an unknown user, so 'no such user' costs as long as 'wrong password'."""
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against for an unknown user, so 'no such user' costs as long as 'wrong password'. Made on the
+    first such login, not at import: one argon2 hash (64 MiB, tens of ms) that every import of the API paid."""
+    return _hasher.hash("not-a-real-password-only-for-timing")
 
 
 class UserStore:
@@ -347,7 +351,7 @@ class Auth:
         """Verify (argon2 off the event loop) and open a session: (token, session, user), or None."""
         assert self.users is not None  # noqa: S101 — the login route exists only with auth on
         user = self.users.get(name)
-        ok = await asyncio.to_thread(verify_password, user.password_hash if user else _DUMMY_HASH, password)
+        ok = await asyncio.to_thread(verify_password, user.password_hash if user else _dummy_hash(), password)
         if user is None or not ok:
             return None
         token = secrets.token_urlsafe(32)
